@@ -1,0 +1,41 @@
+# Every target creates .venv from pyproject.toml first when it is missing or stale.
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+STAMP = $(VENV)/.installed
+
+.PHONY: run test unit integration lint fmt clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# The whole pipeline (migrations, API on http://127.0.0.1:8000, one worker) against
+# DATABASE_URL and REDIS_URL; Ctrl-C stops it.
+run: $(STAMP)
+	$(BIN)/eventpipe run
+
+# The whole suite. Integration tests run when Redis and PostgreSQL answer (and are required,
+# never skipped, when EVENTPIPE_REQUIRE_SERVICES=1, as in CI).
+test: $(STAMP)
+	$(BIN)/pytest
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+integration: $(STAMP)
+	$(BIN)/pytest tests/integration
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

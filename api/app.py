@@ -1,0 +1,113 @@
+"""The Starlette application: routes, error rendering, and the resources of one API process."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api import routes
+from api.committer import GroupCommitter
+from api.config_cache import ConfigCache
+from api.http import error_response
+from shared import store
+from shared.db import make_engine, transaction
+from shared.errors import EventpipeError, NotFound
+from shared.queue import connect_redis, enqueue_events, make_queue
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger("eventpipe.api")
+
+ROUTES = [
+    Route("/v1/events/send", routes.send_event, methods=["POST"]),
+    Route("/v1/events", routes.create_definition, methods=["POST"]),
+    Route("/v1/events/{event_id}", routes.get_event, methods=["GET"]),
+    Route("/v1/contacts/email", routes.upsert_contact, methods=["POST"]),
+]
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or get_settings()
+    app = Starlette(
+        routes=ROUTES,
+        lifespan=_lifespan,
+        exception_handlers={
+            EventpipeError: _render_error,
+            HTTPException: _render_http_error,
+            Exception: _render_unexpected,
+        },
+    )
+    app.state.settings = settings
+    return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    state = app.state
+    settings: Settings = state.settings
+    state.engine = make_engine(settings)
+    state.queue = make_queue(settings, connect_redis(settings))
+    state.redis = aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_seconds,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+    )
+    state.db_limiter = anyio.CapacityLimiter(settings.db_threads)
+    state.cache = ConfigCache(
+        lambda: anyio.to_thread.run_sync(_load_snapshot, state.engine, limiter=state.db_limiter),
+        state.redis,
+        settings.config_poll_seconds,
+        settings.config_reload_seconds,
+    )
+    state.committer = GroupCommitter(
+        lambda events: enqueue_events(state.queue, settings, events),
+        settings.group_linger_ms / 1000,
+        settings.group_max_events,
+        settings.group_max_bytes,
+    )
+    await state.cache.start()
+    try:
+        yield
+    finally:
+        # Requests still waiting on a group get their answer before the process exits.
+        await state.committer.close()
+        await state.cache.stop()
+        await state.redis.aclose()
+        state.queue.connection.close()
+        state.engine.dispose()
+
+
+def _load_snapshot(engine: Any) -> store.ConfigSnapshot:
+    with transaction(engine) as conn:
+        return store.load_snapshot(conn=conn)
+
+
+async def _render_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, EventpipeError)
+    return error_response(exc, request.app.state.settings.retry_after_seconds)
+
+
+async def _render_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        err = EventpipeError("Method not allowed", code="METHOD_NOT_ALLOWED", status=405)
+    elif exc.status_code == 404:
+        err = NotFound("Not found")
+    else:
+        err = EventpipeError(str(exc.detail), code="HTTP_ERROR", status=exc.status_code)
+    return error_response(err, request.app.state.settings.retry_after_seconds)
+
+
+async def _render_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    err = EventpipeError("Internal server error", code="INTERNAL_SERVER_ERROR", status=500)
+    return error_response(err, request.app.state.settings.retry_after_seconds)

@@ -1,0 +1,87 @@
+"""Keys and definitions, cached in-process so the send path never runs SQL.
+
+The whole snapshot is reloaded (in a thread) when the Redis config version changes, polled
+every `config_poll_seconds`, and at least every `config_reload_seconds` so that a bump lost
+while Redis was away is caught anyway. Polling a counter, not pub/sub: pub/sub loses messages
+across a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from shared.definitions import Definition
+from shared.errors import EventpipeError, ServiceUnavailable
+from shared.queue import CONFIG_VERSION_KEY
+from shared.store import ConfigSnapshot
+
+log = logging.getLogger("eventpipe.api")
+
+
+class ConfigCache:
+    def __init__(
+        self,
+        load: Callable[[], Awaitable[ConfigSnapshot]],
+        redis: aioredis.Redis,
+        poll_seconds: float,
+        reload_seconds: float,
+    ) -> None:
+        self._load = load
+        self._redis = redis
+        self._poll = poll_seconds
+        self._max_age = reload_seconds
+        self._snapshot: ConfigSnapshot | None = None
+        self._version: bytes | None = None
+        self._loaded_at = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._check()
+        self._task = asyncio.create_task(self._run(), name="config-cache")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @property
+    def snapshot(self) -> ConfigSnapshot:
+        if self._snapshot is None:
+            raise ServiceUnavailable("eventpipe is starting: configuration not loaded yet")
+        return self._snapshot
+
+    def definition_finder(self, project_id: str) -> Callable[[str], Definition | None]:
+        definitions = self.snapshot.definitions
+        return lambda name: definitions.get((project_id, name))
+
+    async def reload(self) -> None:
+        """Load now (after a local change, so this process sees it before answering)."""
+        self._snapshot = await self._load()
+        self._loaded_at = time.monotonic()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll)
+            await self._check()
+
+    async def _check(self) -> None:
+        try:
+            version = await self._redis.get(CONFIG_VERSION_KEY)
+        except RedisError:
+            self._version = None  # reload once Redis is back: bumps may have been missed
+            version = None
+        stale = time.monotonic() - self._loaded_at > self._max_age
+        if self._snapshot is None or stale or version != self._version:
+            try:
+                await self.reload()
+                self._version = version
+            except EventpipeError as exc:
+                log.warning("config reload failed, keeping the previous one: %s", exc.message)

@@ -1,0 +1,69 @@
+"""Reading requests and writing responses in the contract's envelope."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shared import jsonio
+from shared.errors import EventpipeError, PayloadTooLarge, ValidationFailed
+
+
+class JsonResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return jsonio.dumps(content)
+
+
+def ok(data: Any, status: int = 200) -> JsonResponse:
+    return JsonResponse({"success": True, "data": data}, status_code=status)
+
+
+def error_response(exc: EventpipeError, retry_after: int) -> JsonResponse:
+    headers = {"Retry-After": str(retry_after)} if exc.status == 503 else None
+    return JsonResponse(exc.to_body(), status_code=exc.status, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, inflated when gzip-encoded; over `limit` bytes (after inflating) is a 413
+    raised while reading, so an oversized or zip-bomb body costs at most `limit` bytes."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip"):
+        raise ValidationFailed(f"Unsupported Content-Encoding {encoding!r}")
+    declared = request.headers.get("content-length", "")
+    if encoding == "identity" and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(limit)
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding == "gzip" else None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        if inflater is not None:
+            chunk = _inflate(inflater, chunk, limit - size)
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _inflate(inflater: Any, chunk: bytes, room: int) -> bytes:
+    try:
+        out: bytes = inflater.decompress(chunk, room + 1)
+    except zlib.error as exc:
+        raise ValidationFailed("Request body is not valid gzip") from exc
+    return out
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return jsonio.loads(body)
+    except ValueError as exc:
+        raise ValidationFailed("Request body must be valid JSON") from exc
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    return parse_json(await read_body(request, limit))

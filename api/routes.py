@@ -1,0 +1,152 @@
+"""The endpoints. Each one: read and check the request, authenticate, do one thing, answer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio.to_thread
+from redis.exceptions import RedisError
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.auth import authenticate
+from api.http import ok, parse_json, read_body, read_json
+from shared import store
+from shared.contacts import check_contact_changes, check_email
+from shared.db import transaction
+from shared.definitions import check_definition
+from shared.errors import NotFound, QueueUnavailable, ValidationFailed
+from shared.ids import is_id
+from shared.queue import CONFIG_VERSION_KEY, PENDING_KEY, read_payload
+from shared.schema import check_send
+from shared.settings import MAX_BODY_BYTES, MAX_SEND_BODY_BYTES
+
+log = logging.getLogger("eventpipe.api")
+T = TypeVar("T")
+
+
+async def in_db_thread(request: Request, fn: Callable[[], T]) -> T:
+    """Run blocking store (or sync Redis) work in the bounded pool, off the event loop."""
+    return await anyio.to_thread.run_sync(fn, limiter=request.app.state.db_limiter)
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ValidationFailed("Request body must be a JSON object")
+    return body
+
+
+# --- POST /v1/events/send --------------------------------------------------------------
+
+
+async def send_event(request: Request) -> Response:
+    state = request.app.state
+    raw = await read_body(request, MAX_SEND_BODY_BYTES)
+    project_id = authenticate(request, state.cache)
+    event = check_send(parse_json(raw), project_id, state.cache.definition_finder(project_id))
+    await state.committer.submit(event, len(raw))
+    return ok({**store.queued_view(event), "status": "queued"}, 202)
+
+
+# --- GET /v1/events/{event_id} ---------------------------------------------------------
+
+
+async def get_event(request: Request) -> Response:
+    project_id = authenticate(request, request.app.state.cache)
+    event_id = request.path_params["event_id"]
+    if not is_id(event_id):
+        raise _event_log_not_found()
+    view = await in_db_thread(request, lambda: _event_status(request, project_id, event_id))
+    return ok(view)
+
+
+def _event_log_not_found() -> NotFound:
+    return NotFound("Event not found")
+
+
+def _event_status(request: Request, project_id: str, event_id: str) -> dict[str, Any]:
+    engine = request.app.state.engine
+    with transaction(engine) as conn:
+        outcome = store.find_outcome(project_id, event_id, conn=conn)
+    if outcome is not None:
+        return outcome
+    queued = _queued_event(request, project_id, event_id)
+    if queued is not None:
+        return queued
+    # The worker may have stored it between our two looks (it drops the mark after commit).
+    with transaction(engine) as conn:
+        outcome = store.find_outcome(project_id, event_id, conn=conn)
+    if outcome is None:
+        raise _event_log_not_found()
+    return outcome
+
+
+def _queued_event(request: Request, project_id: str, event_id: str) -> dict[str, Any] | None:
+    queue = request.app.state.queue
+    try:
+        mark = queue.connection.hget(PENDING_KEY, event_id)
+        if mark is None:
+            return None
+        owner, _, job_id = mark.decode().partition(":")
+        if owner != project_id:
+            return None
+        job = Job.fetch(job_id, connection=queue.connection, serializer=queue.serializer)
+    except NoSuchJobError:
+        return None
+    except RedisError as exc:
+        raise QueueUnavailable() from exc
+    for event in read_payload(job.args[0]):
+        if event["id"] == event_id:
+            return {**store.queued_view(event), "status": "queued"}
+    return None
+
+
+# --- POST /v1/events (definitions) -----------------------------------------------------
+
+
+async def create_definition(request: Request) -> Response:
+    state = request.app.state
+    body = _object(await read_json(request, MAX_BODY_BYTES))
+    project_id = authenticate(request, state.cache)
+    spec = check_definition(body)
+
+    def create() -> Any:
+        with transaction(state.engine) as conn:
+            return store.create_definition(project_id, spec, conn=conn)
+
+    definition = await in_db_thread(request, create)
+    await announce_config_change(request)
+    return ok(store.definition_json(definition), 201)
+
+
+async def announce_config_change(request: Request) -> None:
+    """Tell every API process (through Redis) and this one (now) that the config changed."""
+    state = request.app.state
+    try:
+        await state.redis.incr(CONFIG_VERSION_KEY)
+    except RedisError:
+        log.warning(
+            "could not bump the config version; other processes reload within CONFIG_RELOAD_SECONDS"
+        )
+    await state.cache.reload()
+
+
+# --- POST /v1/contacts/email -----------------------------------------------------------
+
+
+async def upsert_contact(request: Request) -> Response:
+    state = request.app.state
+    body = _object(await read_json(request, MAX_BODY_BYTES))
+    project_id = authenticate(request, state.cache)
+    email = check_email(body.get("email"))
+    changes = check_contact_changes(body)
+
+    def upsert() -> dict[str, Any]:
+        with transaction(state.engine) as conn:
+            return store.contact_json(store.upsert_contact(project_id, email, changes, conn=conn))
+
+    return ok(await in_db_thread(request, upsert))

@@ -1,0 +1,216 @@
+"""The `eventpipe` command: migrations, projects and keys, and the API and worker processes.
+
+The API and worker are imported only by their own subcommands, so `shared` depends on
+neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from shared import store
+from shared.db import make_engine, transaction
+from shared.errors import EventpipeError
+from shared.settings import Settings, get_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    try:
+        result: int = args.handler(args, settings)
+        return result
+    except EventpipeError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eventpipe", description=__doc__)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    db = sub.add_parser("db", help="database migrations").add_subparsers(required=True)
+    db.add_parser("upgrade", help="migrate to the newest schema").set_defaults(handler=db_upgrade)
+
+    projects = sub.add_parser("projects", help="projects").add_subparsers(required=True)
+    create = projects.add_parser("create", help="create a project and its first key")
+    create.add_argument("name")
+    _json_flag(create).set_defaults(handler=projects_create)
+    _json_flag(projects.add_parser("list", help="list projects")).set_defaults(
+        handler=projects_list
+    )
+
+    keys = sub.add_parser("keys", help="project API keys").add_subparsers(required=True)
+    kcreate = keys.add_parser("create", help="create a key (shown once)")
+    kcreate.add_argument("--project", required=True)
+    _json_flag(kcreate).set_defaults(handler=keys_create)
+    klist = keys.add_parser("list", help="list a project's keys")
+    klist.add_argument("--project", required=True)
+    _json_flag(klist).set_defaults(handler=keys_list)
+    revoke = keys.add_parser("revoke", help="revoke a key (401 within a second)")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(handler=keys_revoke)
+
+    serve = sub.add_parser("serve", help="run the HTTP API (uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    serve.add_argument("--access-log", action="store_true")
+    serve.set_defaults(handler=serve_api)
+
+    run = sub.add_parser("run", help="migrate, then run the API and the workers together")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=8000)
+    run.add_argument("--processes", type=int, default=1, help="worker processes")
+    run.set_defaults(handler=run_all)
+
+    worker = sub.add_parser("worker", help="run RQ worker processes")
+    worker.add_argument("--processes", type=int, default=1)
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.set_defaults(handler=run_worker)
+    return parser
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _print(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> int:
+    print(json.dumps(data, default=str) if args.json else text(data))
+    return 0
+
+
+def db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from alembic.config import Config
+
+    from alembic import command
+
+    _ensure_sqlite_dir(settings)
+    config = Config()
+    config.set_main_option("script_location", str(ROOT / "alembic"))
+    command.upgrade(config, "head")
+    return 0
+
+
+def _ensure_sqlite_dir(settings: Settings) -> None:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _in_transaction(settings: Settings, fn: Callable[..., Any]) -> Any:
+    engine = make_engine(settings)
+    try:
+        with transaction(engine) as conn:
+            return fn(conn=conn)
+    finally:
+        engine.dispose()
+
+
+def _announce(settings: Settings) -> None:
+    """Make running API processes reload keys now rather than at their periodic reload."""
+    from redis.exceptions import RedisError
+
+    from shared.queue import bump_config_version, connect_redis
+
+    try:
+        bump_config_version(connect_redis(settings))
+    except RedisError:
+        print(
+            "warning: Redis unreachable; API processes pick the change up within "
+            f"{settings.config_reload_seconds:.0f}s",
+            file=sys.stderr,
+        )
+
+
+def projects_create(args: argparse.Namespace, settings: Settings) -> int:
+    project_id, key = _in_transaction(
+        settings, lambda conn: store.create_project(args.name, conn=conn)
+    )
+    _announce(settings)
+    data = {"projectId": project_id, "apiKey": key.api_key, "keyId": key.key_id}
+    return _print(
+        args,
+        data,
+        lambda d: (
+            f"project {d['projectId']}\napi key {d['apiKey']}\n(the key is shown only now: keep it)"
+        ),
+    )
+
+
+def projects_list(args: argparse.Namespace, settings: Settings) -> int:
+    rows = _in_transaction(settings, store.list_projects)
+    return _print(args, rows, lambda rs: "\n".join(f"{r['id']}  {r['name']}" for r in rs))
+
+
+def keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    key = _in_transaction(settings, lambda conn: store.create_key(args.project, conn=conn))
+    _announce(settings)
+    data = {"projectId": args.project, "keyId": key.key_id, "apiKey": key.api_key}
+    return _print(args, data, lambda d: f"key {d['keyId']}\napi key {d['apiKey']}")
+
+
+def keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    rows = _in_transaction(settings, lambda conn: store.list_keys(args.project, conn=conn))
+    return _print(
+        args,
+        rows,
+        lambda rs: "\n".join(
+            f"{r['id']}  created {r['createdAt']}  "
+            + (f"revoked {r['revokedAt']}" if r["revokedAt"] else "active")
+            for r in rs
+        ),
+    )
+
+
+def keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    _in_transaction(settings, lambda conn: store.revoke_key(args.key_id, conn=conn))
+    _announce(settings)
+    print(f"revoked {args.key_id}")
+    return 0
+
+
+def serve_api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=args.access_log,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def run_all(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.devrun import run_pipeline
+
+    db_upgrade(args, settings)
+    return run_pipeline(args.host, args.port, args.processes)
+
+
+def run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.runner import run_workers
+
+    return run_workers(args.processes, burst=args.burst)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

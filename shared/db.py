@@ -1,0 +1,108 @@
+"""Engines, transactions and the dialect-specific SQL (the one place that knows both dialects)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from shared.errors import StoreUnavailable
+from shared.settings import Settings
+
+
+def make_engine(settings: Settings) -> Engine:
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(settings)
+    return create_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_size,
+        pool_pre_ping=True,
+        pool_timeout=settings.db_connect_timeout,
+        connect_args={
+            "connect_timeout": settings.db_connect_timeout,
+            # A statement must never outlive its job: the job timeout is the bigger bound.
+            "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+        },
+    )
+
+
+def _sqlite_engine(settings: Settings) -> Engine:
+    engine = create_engine(
+        settings.database_url, connect_args={"timeout": 30, "check_same_thread": False}
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+        # The API and the workers share one file: WAL lets readers run beside the writer, and
+        # the busy timeout makes a second writer wait instead of failing.
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    return engine
+
+
+@contextlib.contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """One transaction; connection-level failures become StoreUnavailable (retryable)."""
+    try:
+        with engine.begin() as conn:
+            yield conn
+    except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+        raise StoreUnavailable() from exc
+    except sa_exc.DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise StoreUnavailable() from exc
+        raise
+
+
+def insert_ignoring_duplicates(
+    conn: Connection, table: Table, rows: Sequence[dict[str, Any]]
+) -> None:
+    """INSERT ... ON CONFLICT (id) DO NOTHING, as one executemany."""
+    if not rows:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(table).on_conflict_do_nothing(index_elements=["id"])
+    conn.execute(stmt, list(rows))
+
+
+def ping(engine: Engine) -> bool:
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        return True
+    except sa_exc.SQLAlchemyError:
+        return False
+
+
+def record_failures(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert failed events; a repeat failure bumps `attempts` and keeps the latest error."""
+    if not rows:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["id"],
+        set_={
+            "attempts": table.c.attempts + 1,
+            "code": stmt.excluded.code,
+            "message": stmt.excluded.message,
+            "failed_at": stmt.excluded.failed_at,
+        },
+    )
+    conn.execute(stmt, list(rows))

@@ -1,0 +1,119 @@
+"""The one error family of eventpipe.
+
+Every failure a client or an operator can see is an `EventpipeError`: a code from the
+contract, an HTTP status, a message and whether trying again later may succeed. Foreign
+exceptions (redis, SQLAlchemy) are translated into these at one boundary each; the API
+renders them in one exception handler, the worker decides retry-or-fail on `retryable`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EventpipeError(Exception):
+    status = 400
+    code = "VALIDATION_FAILED"
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        details: list[dict[str, str]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.details = details
+
+    def to_body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"message": self.message, "code": self.code}
+        if self.details:
+            error["details"] = self.details
+        return {"success": False, "error": error}
+
+
+class ValidationFailed(EventpipeError):
+    status = 400
+    code = "VALIDATION_FAILED"
+
+
+class Unauthorized(EventpipeError):
+    status = 401
+    code = "UNAUTHORIZED"
+
+    def __init__(self, message: str = "Missing, invalid or revoked API key") -> None:
+        super().__init__(message)
+
+
+class NotFound(EventpipeError):
+    status = 404
+    code = "NOT_FOUND"
+
+
+class Conflict(EventpipeError):
+    status = 409
+
+
+class PayloadTooLarge(EventpipeError):
+    status = 413
+    code = "PAYLOAD_TOO_LARGE"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"Request body is larger than {limit} bytes")
+
+
+class ServiceUnavailable(EventpipeError):
+    """A dependency is down or saturated; the client should retry after a pause."""
+
+    status = 503
+    code = "SERVICE_UNAVAILABLE"
+    retryable = True
+
+
+class QueueUnavailable(ServiceUnavailable):
+    def __init__(self, message: str = "The event queue is unavailable, retry later") -> None:
+        super().__init__(message)
+
+
+class StoreUnavailable(ServiceUnavailable):
+    def __init__(self, message: str = "The database is unavailable, retry later") -> None:
+        super().__init__(message)
+
+
+# The send contract's own codes and messages (contract.md, POST /v1/events/send).
+def email_or_contact_id_required() -> EventpipeError:
+    return ValidationFailed(
+        "Either email or contactId is required", code="EMAIL_OR_CONTACT_ID_REQUIRED"
+    )
+
+
+def event_not_found() -> EventpipeError:
+    return NotFound("Event not found", code="EVENT_NOT_FOUND")
+
+
+def contact_not_found_for_event() -> EventpipeError:
+    return NotFound(
+        "Contact not found for the provided email or contactId",
+        code="CONTACT_NOT_FOUND_FOR_EVENT",
+    )
+
+
+def unknown_property(prop: str, event_name: str) -> EventpipeError:
+    return ValidationFailed(
+        f'Property "{prop}" is not declared on event "{event_name}"', code="UNKNOWN_PROPERTY"
+    )
+
+
+def invalid_property_value(prop: str, expected: str) -> EventpipeError:
+    return ValidationFailed(f'Property "{prop}" must be {expected}', code="INVALID_PROPERTY_VALUE")
+
+
+def contact_not_found() -> EventpipeError:
+    return NotFound("Contact not found", code="CONTACT_NOT_FOUND")

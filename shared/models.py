@@ -1,0 +1,140 @@
+"""The tables, as SQLAlchemy Core: the worker writes events in bulk, so rows stay plain dicts."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    DDL,
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    event,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def _id(name: str = "id") -> Column[str]:
+    return Column(name, String(24), primary_key=True)
+
+
+def _ts(name: str, nullable: bool = False) -> Column[object]:
+    return Column(name, DateTime(timezone=True), nullable=nullable)
+
+
+projects = Table(
+    "projects",
+    metadata,
+    _id(),
+    Column("name", String(200), nullable=False),
+    _ts("created_at"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    _id(),
+    Column("project_id", String(24), ForeignKey("projects.id"), nullable=False, index=True),
+    # SHA-256 of the secret part: keys are 256-bit random, so a fast hash is enough and a
+    # stolen table reveals no usable key.
+    Column("secret_hash", String(64), nullable=False),
+    _ts("created_at"),
+    _ts("revoked_at", nullable=True),
+)
+
+event_definitions = Table(
+    "event_definitions",
+    metadata,
+    _id(),
+    Column("project_id", String(24), ForeignKey("projects.id"), nullable=False),
+    Column("event_name", String(64), nullable=False),
+    Column("description", Text, nullable=True),
+    Column("properties", JsonType, nullable=False),
+    _ts("created_at"),
+    _ts("updated_at"),
+    _ts("deleted_at", nullable=True),
+    # One active definition per name; soft-deleted ones keep their rows for the stored logs.
+    Index(
+        "uq_event_definitions_active_name",
+        "project_id",
+        "event_name",
+        unique=True,
+        postgresql_where=text("deleted_at IS NULL"),
+        sqlite_where=text("deleted_at IS NULL"),
+    ),
+)
+
+contacts = Table(
+    "contacts",
+    metadata,
+    _id(),
+    Column("project_id", String(24), ForeignKey("projects.id"), nullable=False),
+    Column("email", String(254), nullable=False),
+    Column("first_name", String(200), nullable=True),
+    Column("last_name", String(200), nullable=True),
+    Column("user_id", String(200), nullable=True),
+    Column("custom_fields", JsonType, nullable=False),
+    _ts("created_at"),
+    _ts("updated_at"),
+    Index("uq_contacts_project_email", "project_id", "email", unique=True),
+    Index("ix_contacts_project_user", "project_id", "user_id"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    _id(),
+    # Pages are cut by this database-assigned sequence, never by created_at: created_at is the
+    # acceptance time at the edge, so rows arrive out of created_at order.
+    Column("seq", BigInteger, Identity(), nullable=True, unique=True),
+    Column("project_id", String(24), nullable=False),
+    Column("contact_id", String(24), nullable=False),
+    Column("event_name", String(64), nullable=False),
+    Column("properties", JsonType, nullable=False),
+    _ts("created_at"),
+    _ts("stored_at"),
+    Index("ix_events_project_contact_seq", "project_id", "contact_id", "seq"),
+)
+
+failed_events = Table(
+    "failed_events",
+    metadata,
+    _id(),
+    Column("project_id", String(24), nullable=False),
+    Column("event_name", String(64), nullable=False),
+    # The whole queued event, so it can be replayed after RQ's registry entry has expired.
+    Column("payload", JsonType, nullable=False),
+    Column("code", String(64), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    _ts("created_at"),
+    _ts("failed_at"),
+    Index("ix_failed_events_project_failed_at", "project_id", "failed_at"),
+)
+
+# SQLite ignores Identity(): number rows from their rowid instead, which only grows.
+SQLITE_EVENTS_SEQ_TRIGGER = (
+    "CREATE TRIGGER IF NOT EXISTS events_assign_seq AFTER INSERT ON events "
+    "WHEN NEW.seq IS NULL BEGIN "
+    "UPDATE events SET seq = NEW.rowid WHERE rowid = NEW.rowid; END"
+)
+event.listen(events, "after_create", DDL(SQLITE_EVENTS_SEQ_TRIGGER).execute_if(dialect="sqlite"))  # type: ignore[no-untyped-call]

@@ -1,0 +1,114 @@
+"""The queue contract between the API and the workers: names, the job payload, the enqueue.
+
+A job carries a list of events as versioned JSON; the job function is named by its dotted path
+so the API never imports the worker. Version 2 is `{"v": 2, "events": [event, ...]}`;
+version 1 (one event per job, `{"v": 1, "event": event}`, the shape a one-job-per-event
+producer writes) is still read. An event is the dict `accepted_event()` in shared.schema builds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import redis
+from rq import Queue, Retry
+from rq.serializers import JSONSerializer
+
+from shared.errors import EventpipeError, QueueUnavailable
+from shared.ids import new_id
+from shared.settings import Settings
+
+JOB_FUNC = "worker.jobs.store_events"
+PAYLOAD_VERSION = 2
+# event id -> "<project id>:<job id>" for every event between its enqueue and its outcome, so
+# GET /v1/events/{id} can answer `queued` without a row per event in the store.
+PENDING_KEY = "eventpipe:pending"
+# Bumped on every change of keys or definitions; API processes poll it to drop their caches.
+CONFIG_VERSION_KEY = "eventpipe:config-version"
+
+Event = dict[str, Any]
+
+
+def make_payload(events: Sequence[Event], *, replay: bool = False) -> dict[str, Any]:
+    payload: dict[str, Any] = {"v": PAYLOAD_VERSION, "events": list(events)}
+    if replay:
+        payload["replay"] = True
+    return payload
+
+
+def read_payload(payload: Mapping[str, Any]) -> list[Event]:
+    version = payload.get("v")
+    if version == 2:
+        return list(payload["events"])
+    if version == 1:
+        return [payload["event"]]
+    raise EventpipeError(f"Unsupported job payload version {version!r}", code="BAD_PAYLOAD")
+
+
+def connect_redis(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_seconds,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+        health_check_interval=30,
+    )
+
+
+def make_queue(settings: Settings, connection: redis.Redis) -> Queue:
+    return Queue(
+        settings.queue_name,
+        connection=connection,
+        serializer=JSONSerializer,
+        default_timeout=settings.job_timeout,
+    )
+
+
+def new_job_id() -> str:
+    return f"g{new_id()}"
+
+
+def add_job(
+    queue: Queue,
+    settings: Settings,
+    payload: dict[str, Any],
+    pipe: redis.client.Pipeline,
+    *,
+    job_id: str | None = None,
+) -> str:
+    """Put one job on `pipe` (not executed here); returns its id."""
+    job = queue.create_job(
+        JOB_FUNC,
+        args=(payload,),
+        job_id=job_id or new_job_id(),
+        timeout=settings.job_timeout,
+        result_ttl=settings.result_ttl,
+        failure_ttl=settings.failure_ttl,
+        retry=Retry(max=settings.job_retries) if settings.job_retries > 0 else None,
+    )
+    queue.enqueue_job(job, pipeline=pipe)
+    return str(job.id)
+
+
+def mark_pending(pipe: redis.client.Pipeline, events: Iterable[Event], job_id: str) -> None:
+    pipe.hset(PENDING_KEY, mapping={e["id"]: f"{e['projectId']}:{job_id}" for e in events})
+
+
+def enqueue_events(queue: Queue, settings: Settings, events: Sequence[Event]) -> str:
+    """One job for `events`, written with its pending marks in one MULTI/EXEC round trip.
+
+    Raises QueueUnavailable when Redis cannot take it: the caller must not report the events
+    as accepted.
+    """
+    try:
+        with queue.connection.pipeline(transaction=True) as pipe:
+            job_id = add_job(queue, settings, make_payload(events), pipe)
+            mark_pending(pipe, events, job_id)
+            pipe.execute()
+    except redis.RedisError as exc:
+        raise QueueUnavailable() from exc
+    return job_id
+
+
+def bump_config_version(connection: redis.Redis) -> None:
+    connection.incr(CONFIG_VERSION_KEY)

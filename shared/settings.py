@@ -1,0 +1,102 @@
+"""The one module that reads the environment.
+
+Every tunable of eventpipe is a field of `Settings`; the rest of the code receives a
+`Settings` (or calls `get_settings()`), so tests can build one from a plain dict.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from typing import Any
+
+# Limits fixed by the contract (contract.md, "Size limits"): not settings on purpose, since a
+# client written against the contract relies on them.
+MAX_SEND_BODY_BYTES = 32 * 1024
+MAX_BODY_BYTES = 1024 * 1024
+MAX_DEFINITIONS_PER_PROJECT = 100
+MAX_PROPERTIES_PER_DEFINITION = 50
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite:///var/eventpipe.db"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queue_name: str = "eventpipe"
+    # Group commit: how long a lone accepted event waits for company before its enqueue, and
+    # how big one job may grow.
+    group_linger_ms: float = 1.0
+    group_max_events: int = 500
+    group_max_bytes: int = 512 * 1024
+    job_timeout: int = 60
+    result_ttl: int = 60
+    failure_ttl: int = 30 * 24 * 3600
+    job_retries: int = 3
+    config_poll_seconds: float = 0.5
+    config_reload_seconds: float = 60.0
+    db_pool_size: int = 5
+    db_threads: int = 8
+    db_connect_timeout: int = 5
+    db_statement_timeout_ms: int = 30_000
+    redis_timeout_seconds: float = 5.0
+    retry_after_seconds: int = 1
+    worker_max_jobs: int = 0
+    worker_maintenance_seconds: int = 30
+    log_level: str = "INFO"
+
+
+# Environment variable -> field. Names are the ones users set; a field absent here is not
+# configurable from the environment.
+ENV_NAMES: dict[str, str] = {
+    "DATABASE_URL": "database_url",
+    "REDIS_URL": "redis_url",
+    "EVENTPIPE_QUEUE": "queue_name",
+    "GROUP_LINGER_MS": "group_linger_ms",
+    "GROUP_MAX_EVENTS": "group_max_events",
+    "GROUP_MAX_BYTES": "group_max_bytes",
+    "JOB_TIMEOUT": "job_timeout",
+    "RESULT_TTL": "result_ttl",
+    "FAILURE_TTL": "failure_ttl",
+    "JOB_RETRIES": "job_retries",
+    "CONFIG_POLL_SECONDS": "config_poll_seconds",
+    "CONFIG_RELOAD_SECONDS": "config_reload_seconds",
+    "DB_POOL_SIZE": "db_pool_size",
+    "DB_THREADS": "db_threads",
+    "DB_CONNECT_TIMEOUT": "db_connect_timeout",
+    "DB_STATEMENT_TIMEOUT_MS": "db_statement_timeout_ms",
+    "REDIS_TIMEOUT_SECONDS": "redis_timeout_seconds",
+    "RETRY_AFTER_SECONDS": "retry_after_seconds",
+    "WORKER_MAX_JOBS": "worker_max_jobs",
+    "WORKER_MAINTENANCE_SECONDS": "worker_maintenance_seconds",
+    "LOG_LEVEL": "log_level",
+}
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """Build settings from a mapping; unknown keys are ignored, bad numbers raise ValueError."""
+    types = {f.name: f.type for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    for env_name, field_name in ENV_NAMES.items():
+        raw = environ.get(env_name)
+        if raw is None or raw == "":
+            continue
+        values[field_name] = _convert(env_name, raw, str(types[field_name]))
+    return Settings(**values)
+
+
+def _convert(env_name: str, raw: str, type_name: str) -> Any:
+    try:
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{env_name}={raw!r} is not a valid {type_name}") from exc
+    return raw
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings(os.environ)

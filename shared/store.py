@@ -1,0 +1,241 @@
+"""Store functions shared by the API and the CLI. Each takes `conn` and never commits:
+the caller owns the transaction (shared.db.transaction)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from shared import errors
+from shared.clock import aware, iso_ms, utcnow
+from shared.definitions import Definition, DefinitionSpec
+from shared.errors import Conflict, EventpipeError, NotFound
+from shared.ids import new_id
+from shared.keys import NewKey, generate_key
+from shared.models import api_keys, contacts, event_definitions, events, failed_events, projects
+from shared.settings import MAX_DEFINITIONS_PER_PROJECT
+
+# --- projects and keys -------------------------------------------------------------------
+
+
+def create_project(name: str, *, conn: Connection) -> tuple[str, NewKey]:
+    project_id = new_id()
+    conn.execute(insert(projects).values(id=project_id, name=name, created_at=utcnow()))
+    return project_id, create_key(project_id, conn=conn)
+
+
+def list_projects(*, conn: Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(select(projects).order_by(projects.c.created_at)).all()
+    return [{"id": r.id, "name": r.name, "createdAt": aware(r.created_at)} for r in rows]
+
+
+def create_key(project_id: str, *, conn: Connection) -> NewKey:
+    if conn.execute(select(projects.c.id).where(projects.c.id == project_id)).first() is None:
+        raise NotFound(f"Project {project_id} not found")
+    key = generate_key()
+    conn.execute(
+        insert(api_keys).values(
+            id=key.key_id, project_id=project_id, secret_hash=key.secret_hash, created_at=utcnow()
+        )
+    )
+    return key
+
+
+def list_keys(project_id: str, *, conn: Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        select(api_keys).where(api_keys.c.project_id == project_id).order_by(api_keys.c.created_at)
+    ).all()
+    return [
+        {
+            "id": r.id,
+            "projectId": r.project_id,
+            "createdAt": aware(r.created_at),
+            "revokedAt": aware(r.revoked_at) if r.revoked_at else None,
+        }
+        for r in rows
+    ]
+
+
+def revoke_key(key_id: str, *, conn: Connection) -> None:
+    result = conn.execute(
+        update(api_keys)
+        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    if result.rowcount == 0:
+        raise NotFound(f"No active key {key_id}")
+
+
+@dataclass(frozen=True)
+class ConfigSnapshot:
+    """What the send path needs from the store, loaded whole so a request never runs SQL."""
+
+    keys: dict[str, tuple[str, str]]  # key id -> (project id, secret hash), active keys only
+    definitions: dict[tuple[str, str], Definition]  # (project id, event name) -> definition
+
+
+def load_snapshot(*, conn: Connection) -> ConfigSnapshot:
+    keys = {
+        r.id: (r.project_id, r.secret_hash)
+        for r in conn.execute(
+            select(api_keys.c.id, api_keys.c.project_id, api_keys.c.secret_hash).where(
+                api_keys.c.revoked_at.is_(None)
+            )
+        )
+    }
+    rows = conn.execute(select(event_definitions).where(event_definitions.c.deleted_at.is_(None)))
+    definitions = {(r.project_id, r.event_name): Definition.from_row(r) for r in rows}
+    return ConfigSnapshot(keys, definitions)
+
+
+# --- event definitions -------------------------------------------------------------------
+
+
+def create_definition(project_id: str, spec: DefinitionSpec, *, conn: Connection) -> Definition:
+    active = event_definitions.c.deleted_at.is_(None)
+    base = select(func.count()).where(event_definitions.c.project_id == project_id, active)
+    if conn.execute(base.where(event_definitions.c.event_name == spec.event_name)).scalar():
+        raise event_already_exists()
+    if (conn.execute(base).scalar() or 0) >= MAX_DEFINITIONS_PER_PROJECT:
+        raise errors.ValidationFailed(
+            f"Maximum number of events ({MAX_DEFINITIONS_PER_PROJECT}) reached for this project.",
+            code="MAX_EVENTS_REACHED",
+        )
+    now = utcnow()
+    row = {
+        "id": new_id(),
+        "project_id": project_id,
+        "event_name": spec.event_name,
+        "description": spec.description,
+        "properties": spec.properties,
+        "created_at": now,
+        "updated_at": now,
+    }
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(event_definitions).values(**row))
+    except IntegrityError as exc:  # a concurrent create of the same name won the race
+        raise event_already_exists() from exc
+    return Definition.from_row(_Row(row))
+
+
+class _Row:
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+
+def event_already_exists() -> EventpipeError:
+    return Conflict("Event already exists", code="EVENT_ALREADY_EXISTS")
+
+
+def definition_json(d: Definition) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "eventName": d.event_name,
+        "description": d.description,
+        "properties": d.properties,
+        "projectId": d.project_id,
+        "createdAt": iso_ms(aware(d.created_at)),
+        "updatedAt": iso_ms(aware(d.updated_at)),
+    }
+
+
+# --- contacts ----------------------------------------------------------------------------
+
+
+def get_contact_row(project_id: str, email: str, *, conn: Connection) -> Any:
+    return conn.execute(
+        select(contacts).where(contacts.c.project_id == project_id, contacts.c.email == email)
+    ).first()
+
+
+def upsert_contact(
+    project_id: str, email: str, changes: dict[str, Any], *, conn: Connection
+) -> Any:
+    """Create or update the contact with this (normalised) email; returns the row.
+
+    `changes` holds the columns to set (first_name, last_name, user_id) and `custom_fields`,
+    merged into the stored ones.
+    """
+    now = utcnow()
+    row = get_contact_row(project_id, email, conn=conn)
+    if row is None:
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    insert(contacts).values(
+                        id=new_id(),
+                        project_id=project_id,
+                        email=email,
+                        custom_fields={},
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+        except IntegrityError:
+            pass  # created meanwhile by a concurrent upsert: update that one
+        row = get_contact_row(project_id, email, conn=conn)
+    values = {k: v for k, v in changes.items() if k != "custom_fields"}
+    values["custom_fields"] = {**row.custom_fields, **changes.get("custom_fields", {})}
+    values["updated_at"] = now
+    conn.execute(update(contacts).where(contacts.c.id == row.id).values(**values))
+    return get_contact_row(project_id, email, conn=conn)
+
+
+def contact_json(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "email": row.email,
+        "firstName": row.first_name,
+        "lastName": row.last_name,
+        "userId": row.user_id,
+        "customFields": row.custom_fields,
+        "projectId": row.project_id,
+        "createdAt": iso_ms(aware(row.created_at)),
+        "updatedAt": iso_ms(aware(row.updated_at)),
+    }
+
+
+# --- the event log -----------------------------------------------------------------------
+
+
+def find_outcome(project_id: str, event_id: str, *, conn: Connection) -> dict[str, Any] | None:
+    """The stored or failed record of an event of this project, or None."""
+    row = conn.execute(
+        select(events).where(events.c.id == event_id, events.c.project_id == project_id)
+    ).first()
+    if row is not None:
+        return {
+            "id": row.id,
+            "eventName": row.event_name,
+            "contactId": row.contact_id,
+            "properties": row.properties,
+            "createdAt": iso_ms(aware(row.created_at)),
+            "status": "stored",
+        }
+    failed = conn.execute(
+        select(failed_events).where(
+            failed_events.c.id == event_id, failed_events.c.project_id == project_id
+        )
+    ).first()
+    if failed is None:
+        return None
+    return {
+        **queued_view(failed.payload),
+        "status": "failed",
+        "error": {"code": failed.code, "message": failed.message},
+    }
+
+
+def queued_view(event: dict[str, Any]) -> dict[str, Any]:
+    """The public view of an accepted event (the 202 body's `data`, without status)."""
+    return {
+        "id": event["id"],
+        "eventName": event["eventName"],
+        "contactId": event.get("contactId"),
+        "properties": event["properties"],
+        "createdAt": event["createdAt"],
+    }

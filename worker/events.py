@@ -1,0 +1,116 @@
+"""Storing a job's events: contacts resolved in one query, rows inserted in one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine, delete, or_, select
+
+from shared import errors
+from shared.clock import parse_iso_ms, utcnow
+from shared.db import insert_ignoring_duplicates, record_failures, transaction
+from shared.models import contacts, events, failed_events
+from shared.queue import Event
+
+
+@dataclass
+class BatchOutcome:
+    stored: list[Event] = field(default_factory=list)
+    failed: list[tuple[Event, errors.EventpipeError]] = field(default_factory=list)
+
+
+def store_batch(engine: Engine, batch: Sequence[Event], *, replay: bool = False) -> BatchOutcome:
+    """Insert the events whose contact exists; record the others as failed.
+
+    Idempotent: the event id is the primary key and the insert ignores duplicates, so a job
+    that runs twice stores each event once.
+    """
+    outcome = BatchOutcome()
+    with transaction(engine) as conn:
+        resolved = resolve_contacts(batch, conn=conn)
+        now = utcnow()
+        rows = []
+        for event in batch:
+            contact_id = resolved.get(event["id"])
+            if contact_id is None:
+                outcome.failed.append((event, errors.contact_not_found_for_event()))
+            else:
+                outcome.stored.append(event)
+                rows.append(_event_row(event, contact_id, now))
+        insert_ignoring_duplicates(conn, events, rows)
+        record_failures(
+            conn, failed_events, [_failure_row(e, err, now) for e, err in outcome.failed]
+        )
+        if replay and rows:
+            conn.execute(
+                delete(failed_events).where(failed_events.c.id.in_([r["id"] for r in rows]))
+            )
+    return outcome
+
+
+def resolve_contacts(batch: Sequence[Event], *, conn: Connection) -> dict[str, str]:
+    """event id -> contact id, for the events whose contact exists in their project.
+
+    `contactId` wins over `email` when both are given: an event with an unknown contactId is
+    not resolved by its email.
+    """
+    ids = {e["contactId"] for e in batch if e.get("contactId")}
+    emails = {_email(e) for e in batch if not e.get("contactId") and e.get("email")}
+    conditions = []
+    if ids:
+        conditions.append(contacts.c.id.in_(ids))
+    if emails:
+        conditions.append(contacts.c.email.in_(emails))
+    if not conditions:
+        return {}
+    project_ids = {e["projectId"] for e in batch}
+    query = select(contacts.c.id, contacts.c.project_id, contacts.c.email).where(
+        contacts.c.project_id.in_(project_ids), or_(*conditions)
+    )
+    by_id: dict[tuple[str, str], str] = {}
+    by_email: dict[tuple[str, str], str] = {}
+    for row in conn.execute(query):
+        by_id[(row.project_id, row.id)] = row.id
+        by_email[(row.project_id, row.email)] = row.id
+    resolved: dict[str, str] = {}
+    for e in batch:
+        if e.get("contactId"):
+            found = by_id.get((e["projectId"], e["contactId"]))
+        else:
+            found = by_email.get((e["projectId"], _email(e)))
+        if found is not None:
+            resolved[e["id"]] = found
+    return resolved
+
+
+def _email(event: Event) -> str:
+    # Events from the API are normalised already; a version-1 producer's may not be.
+    return str(event["email"]).strip().lower()
+
+
+def _event_row(event: Event, contact_id: str, now: Any) -> dict[str, Any]:
+    return {
+        "id": event["id"],
+        "project_id": event["projectId"],
+        "contact_id": contact_id,
+        "event_name": event["eventName"],
+        "properties": event["properties"],
+        "created_at": parse_iso_ms(event["createdAt"]),
+        "stored_at": now,
+    }
+
+
+def _failure_row(event: Event, error: errors.EventpipeError, now: Any) -> dict[str, Any]:
+    return {
+        "id": event["id"],
+        "project_id": event["projectId"],
+        "event_name": event["eventName"],
+        "payload": event,
+        "code": error.code,
+        "message": error.message,
+        "attempts": 1,
+        "created_at": parse_iso_ms(event["createdAt"]),
+        "failed_at": now,
+    }

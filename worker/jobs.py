@@ -1,0 +1,70 @@
+"""The job functions RQ runs, named by dotted path in the job payload. Thin on purpose."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rq import get_current_job
+from rq.job import JobStatus
+
+from shared.errors import EventpipeError
+from shared.queue import JOB_FUNC, PENDING_KEY, Event, make_payload, read_payload
+from worker.context import WorkerContext, get_context
+from worker.events import store_batch
+
+
+class EventFailed(EventpipeError):
+    """A replayed event failed again: the job itself fails, so RQ lists it as failed."""
+
+
+def store_events(payload: dict[str, Any]) -> dict[str, int]:
+    ctx = get_context()
+    batch = read_payload(payload)
+    replay = bool(payload.get("replay"))
+    outcome = store_batch(ctx.engine, batch, replay=replay)
+    if replay and outcome.failed:
+        _clear_pending(ctx, batch, [])
+        _fail_current_job(outcome.failed[0][1])
+    _clear_pending(ctx, batch, outcome.failed)
+    return {"stored": len(outcome.stored), "failed": len(outcome.failed)}
+
+
+def _clear_pending(
+    ctx: WorkerContext, batch: list[Event], failed: list[tuple[Event, EventpipeError]]
+) -> None:
+    """Drop the pending marks and split each failed event out as a failed job of its own,
+    keyed by the event id, in one round trip: an operator can replay exactly that event."""
+    with ctx.redis.pipeline(transaction=True) as pipe:
+        pipe.hdel(PENDING_KEY, *[e["id"] for e in batch])
+        for event, error in failed:
+            _add_failed_job(ctx, event, error, pipe)
+        pipe.execute()
+
+
+def _add_failed_job(ctx: WorkerContext, event: Event, error: EventpipeError, pipe: Any) -> None:
+    job = ctx.queue.create_job(
+        JOB_FUNC,
+        args=(make_payload([event], replay=True),),
+        job_id=event["id"],
+        timeout=ctx.settings.job_timeout,
+        result_ttl=ctx.settings.result_ttl,
+        failure_ttl=ctx.settings.failure_ttl,
+        meta={"code": error.code, "message": error.message, "projectId": event["projectId"]},
+        status=JobStatus.FAILED,
+    )
+    job.origin = ctx.queue.name
+    job.save(pipeline=pipe)
+    ctx.queue.failed_job_registry.add(
+        job,
+        ttl=ctx.settings.failure_ttl,
+        exc_string=f"{error.code}: {error.message}",
+        pipeline=pipe,
+    )
+
+
+def _fail_current_job(error: EventpipeError) -> None:
+    job = get_current_job()
+    if job is not None:
+        job.meta.update(code=error.code, message=error.message)
+        job.save_meta()  # type: ignore[no-untyped-call]
+    raise EventFailed(error.message, code=error.code, status=error.status)

@@ -1,0 +1,139 @@
+"""Worker processes: RQ SimpleWorkers that wait out a store outage, under a small supervisor."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from types import FrameType
+from typing import Any
+
+from rq import SimpleWorker
+from rq.serializers import JSONSerializer
+
+from shared.db import ping
+from shared.errors import StoreUnavailable
+from worker.context import get_context
+
+log = logging.getLogger("eventpipe.worker")
+
+
+class EventWorker(SimpleWorker):
+    """A SimpleWorker (no fork per job, so the engine's pool survives between jobs) that turns
+    a store outage into a pause instead of a failure: the job goes back to the front of the
+    queue and the worker stops dequeuing until the store answers again."""
+
+    def handle_exception(self, job: Any, *exc_info: Any) -> None:
+        if isinstance(exc_info[1], StoreUnavailable):
+            log.warning("store unavailable while running job %s; it is requeued", job.id)
+            return
+        super().handle_exception(job, *exc_info)
+
+    def handle_job_failure(
+        self, job: Any, queue: Any, started_job_registry: Any = None, exc_string: str = ""
+    ) -> None:
+        # Called from inside RQ's `except:` block, so the exception is still current.
+        if isinstance(sys.exc_info()[1], StoreUnavailable):
+            self._requeue_for_store(job, queue)
+            return
+        super().handle_job_failure(
+            job, queue, started_job_registry=started_job_registry, exc_string=exc_string
+        )
+
+    def _requeue_for_store(self, job: Any, queue: Any) -> None:
+        with self.connection.pipeline() as pipe:
+            self.cleanup_execution(job, pipeline=pipe)
+            queue.enqueue_job(job, pipeline=pipe, at_front=True)
+            pipe.execute()
+        self.wait_for_store()
+
+    def wait_for_store(self) -> None:
+        engine = get_context().engine
+        delay = 0.2
+        while not self._stop_requested and not ping(engine):
+            self.heartbeat()
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        log.info("store reachable, resuming")
+
+
+def run_worker(burst: bool = False) -> bool:
+    ctx = get_context()
+    settings = ctx.settings
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    worker = EventWorker(
+        [ctx.queue],
+        connection=ctx.redis,
+        serializer=JSONSerializer,
+        maintenance_interval=settings.worker_maintenance_seconds,
+    )
+    return bool(
+        worker.work(
+            burst=burst,
+            max_jobs=settings.worker_max_jobs or None,
+            logging_level=settings.log_level,
+        )
+    )
+
+
+def _child(burst: bool) -> None:
+    # Out of the terminal's process group: Ctrl-C reaches the supervisor once, and it passes
+    # the signal on once, instead of every worker seeing it twice (a cold shutdown).
+    os.setpgrp()
+    sys.exit(0 if run_worker(burst) else 1)
+
+
+def run_workers(processes: int, burst: bool = False) -> int:
+    """Run `processes` workers; one runs in this process, more under a supervisor."""
+    if processes <= 1:
+        return 0 if run_worker(burst) else 1
+    return Supervisor(processes, burst).run()
+
+
+class Supervisor:
+    """Starts N worker processes, restarts one that dies while we run, and passes SIGTERM and
+    SIGINT on (RQ's first signal is a warm shutdown after the current job, a second one is
+    cold)."""
+
+    def __init__(self, processes: int, burst: bool) -> None:
+        self.processes = processes
+        self.burst = burst
+        self.stopping = False
+        self.ctx = multiprocessing.get_context("spawn")
+        self.children: list[Any] = []
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._forward)
+        signal.signal(signal.SIGINT, self._forward)
+        self.children = [self._start() for _ in range(self.processes)]
+        while self.children:
+            time.sleep(0.2)
+            self._reap()
+        return 0
+
+    def _start(self) -> Any:
+        proc = self.ctx.Process(target=_child, args=(self.burst,), daemon=False)
+        proc.start()
+        return proc
+
+    def _reap(self) -> None:
+        alive = []
+        for proc in self.children:
+            if proc.is_alive():
+                alive.append(proc)
+            elif not self.stopping and not self.burst:
+                log.warning("worker %s exited with %s; restarting", proc.pid, proc.exitcode)
+                alive.append(self._start())
+        self.children = alive
+
+    def _forward(self, signum: int, _frame: FrameType | None) -> None:
+        self.stopping = True
+        for proc in self.children:
+            if proc.is_alive() and proc.pid:
+                try:
+                    os.kill(proc.pid, signum)
+                except ProcessLookupError:
+                    pass

@@ -8,7 +8,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -35,7 +38,13 @@ ROUTES = [
 ]
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    redis_client: redis.Redis | None = None,
+    async_redis: aioredis.Redis | None = None,
+) -> Starlette:
+    """The API. Tests may hand in Redis clients (fakeredis); otherwise REDIS_URL is used."""
     settings = settings or get_settings()
     app = Starlette(
         routes=ROUTES,
@@ -47,6 +56,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         },
     )
     app.state.settings = settings
+    app.state.redis_client = redis_client
+    app.state.async_redis = async_redis
     return app
 
 
@@ -55,11 +66,12 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     state = app.state
     settings: Settings = state.settings
     state.engine = make_engine(settings)
-    state.queue = make_queue(settings, connect_redis(settings))
-    state.redis = aioredis.Redis.from_url(
+    state.queue = make_queue(settings, state.redis_client or connect_redis(settings))
+    state.redis = state.async_redis or aioredis.Redis.from_url(
         settings.redis_url,
         socket_timeout=settings.redis_timeout_seconds,
         socket_connect_timeout=settings.redis_timeout_seconds,
+        retry=AsyncRetry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
     )
     state.db_limiter = anyio.CapacityLimiter(settings.db_threads)
     state.cache = ConfigCache(

@@ -12,7 +12,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
-from rq import Queue, Retry
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+from rq import Queue
+from rq import Retry as JobRetry
 from rq.serializers import JSONSerializer
 
 from shared.errors import EventpipeError, QueueUnavailable
@@ -52,7 +55,14 @@ def connect_redis(settings: Settings) -> redis.Redis:
         socket_timeout=settings.redis_timeout_seconds,
         socket_connect_timeout=settings.redis_timeout_seconds,
         health_check_interval=30,
+        # redis-py's default retries back off for seconds; a request waiting on an enqueue
+        # should hear "503, retry later" quickly instead.
+        retry=quick_retry(),
     )
+
+
+def quick_retry() -> Retry:
+    return Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2)
 
 
 def make_queue(settings: Settings, connection: redis.Redis) -> Queue:
@@ -84,7 +94,7 @@ def add_job(
         timeout=settings.job_timeout,
         result_ttl=settings.result_ttl,
         failure_ttl=settings.failure_ttl,
-        retry=Retry(max=settings.job_retries) if settings.job_retries > 0 else None,
+        retry=JobRetry(max=settings.job_retries) if settings.job_retries > 0 else None,
     )
     queue.enqueue_job(job, pipeline=pipe)
     return str(job.id)

@@ -1,0 +1,314 @@
+"""The HTTP surface on fakeredis and SQLite: envelopes, statuses, auth, cache invalidation."""
+
+from __future__ import annotations
+
+import gzip
+import time
+from typing import Any
+
+import fakeredis
+import pytest
+from sqlalchemy import Engine, func, select
+from starlette.testclient import TestClient
+
+from shared.db import transaction
+from shared.models import events
+from shared.queue import CONFIG_VERSION_KEY, PENDING_KEY, make_queue, read_payload
+from shared.settings import Settings
+from shared.store import revoke_key
+from tests.unit.conftest import SEED_DEFINITION, auth, make_client, make_project
+from worker.context import WorkerContext
+from worker.jobs import store_events
+
+SEED = {
+    "eventName": "order_completed",
+    "email": "jane@example.com",
+    "eventProperties": {"order_total": 129.99, "currency": "USD", "is_first_purchase": True},
+}
+
+
+def setup_seed(client: TestClient, key: str, with_contact: bool = True) -> None:
+    r = client.post("/v1/events", json=SEED_DEFINITION, headers=auth(key))
+    assert r.status_code == 201, r.text
+    if with_contact:
+        r = client.post("/v1/contacts/email", json={"email": "jane@example.com"}, headers=auth(key))
+        assert r.status_code == 200, r.text
+
+
+def run_queued_jobs(ctx: WorkerContext) -> list[Any]:
+    """Run every queued job's function in this process, as the worker would."""
+    results = []
+    for job in ctx.queue.jobs:
+        results.append(store_events(*job.args))
+        ctx.queue.remove(job)
+    return results
+
+
+def test_seed_request_is_queued_then_stored(
+    client: TestClient, project: tuple[str, str, str], worker_ctx: WorkerContext
+) -> None:
+    setup_seed(client, project[1])
+    r = client.post("/v1/events/send", json=SEED, headers=auth(project[1]))
+    assert r.status_code == 202
+    data = r.json()["data"]
+    assert r.json()["success"] is True
+    assert data["status"] == "queued" and data["contactId"] is None
+    assert data["properties"] == SEED["eventProperties"]
+    # The event is in Redis before the answer: a job carries it, and it is marked pending.
+    [job] = worker_ctx.queue.jobs
+    assert [e["id"] for e in read_payload(job.args[0])] == [data["id"]]
+    assert worker_ctx.redis.hexists(PENDING_KEY, data["id"])
+    queued = client.get(f"/v1/events/{data['id']}", headers=auth(project[1])).json()["data"]
+    assert queued["status"] == "queued" and queued["eventName"] == "order_completed"
+
+    run_queued_jobs(worker_ctx)
+    stored = client.get(f"/v1/events/{data['id']}", headers=auth(project[1])).json()["data"]
+    assert stored["status"] == "stored"
+    assert stored["contactId"] is not None and len(stored["contactId"]) == 24
+    assert stored["createdAt"] == data["createdAt"]
+    assert not worker_ctx.redis.hexists(PENDING_KEY, data["id"])
+
+
+def test_unknown_contact_ends_failed_with_its_code(
+    client: TestClient, project: tuple[str, str, str], worker_ctx: WorkerContext
+) -> None:
+    setup_seed(client, project[1], with_contact=False)
+    event_id = client.post("/v1/events/send", json=SEED, headers=auth(project[1])).json()["data"][
+        "id"
+    ]
+    run_queued_jobs(worker_ctx)
+    data = client.get(f"/v1/events/{event_id}", headers=auth(project[1])).json()["data"]
+    assert data["status"] == "failed"
+    assert data["error"]["code"] == "CONTACT_NOT_FOUND_FOR_EVENT"
+
+
+def test_event_of_another_project_is_404(
+    client: TestClient, project: tuple[str, str, str], engine: Engine, fake_redis: Any
+) -> None:
+    setup_seed(client, project[1])
+    event_id = client.post("/v1/events/send", json=SEED, headers=auth(project[1])).json()["data"][
+        "id"
+    ]
+    _, other_key, _ = make_project(engine, fake_redis, "other")
+    time.sleep(0.2)  # the new key reaches the cache at its next poll
+    r = client.get(f"/v1/events/{event_id}", headers=auth(other_key))
+    assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"
+    r = client.get("/v1/events/" + "0" * 24, headers=auth(project[1]))
+    assert r.status_code == 404
+    assert client.get("/v1/events/nothex", headers=auth(project[1])).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "Bearer",
+        "Basic abc",
+        "Bearer AS_nope",
+        "Bearer AS_000000000000000000000000_" + "a" * 43,
+    ],
+)
+def test_bad_keys_are_401(client: TestClient, header: str | None) -> None:
+    headers = {"Authorization": header} if header else {}
+    r = client.post("/v1/events/send", json=SEED, headers=headers)
+    assert r.status_code == 401
+    assert r.json() == {
+        "success": False,
+        "error": {"message": "Missing, invalid or revoked API key", "code": "UNAUTHORIZED"},
+    }
+
+
+def test_wrong_secret_for_a_real_key_id_is_401(
+    client: TestClient, project: tuple[str, str, str]
+) -> None:
+    key_id = project[2]
+    r = client.post("/v1/events/send", json=SEED, headers=auth(f"AS_{key_id}_" + "b" * 43))
+    assert r.status_code == 401
+
+
+def test_revoked_key_is_refused_after_the_version_bump(
+    client: TestClient, project: tuple[str, str, str], engine: Engine, fake_redis: Any
+) -> None:
+    setup_seed(client, project[1])
+    assert client.post("/v1/events/send", json=SEED, headers=auth(project[1])).status_code == 202
+    with transaction(engine) as conn:
+        revoke_key(project[2], conn=conn)
+    fake_redis.incr(CONFIG_VERSION_KEY)
+    deadline = time.monotonic() + 1.0
+    status = 202
+    while time.monotonic() < deadline and status != 401:
+        status = client.post("/v1/events/send", json=SEED, headers=auth(project[1])).status_code
+        time.sleep(0.02)
+    assert status == 401
+
+
+def test_size_limit_is_checked_before_auth(client: TestClient) -> None:
+    body = b'{"eventName": "' + b"x" * 40_000 + b'"}'
+    r = client.post("/v1/events/send", content=body, headers={"Authorization": "Bearer bad"})
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+
+def test_gzip_body_is_inflated_and_a_bomb_is_413(
+    client: TestClient, project: tuple[str, str, str]
+) -> None:
+    setup_seed(client, project[1])
+    headers = {**auth(project[1]), "Content-Encoding": "gzip"}
+    import json
+
+    r = client.post(
+        "/v1/events/send", content=gzip.compress(json.dumps(SEED).encode()), headers=headers
+    )
+    assert r.status_code == 202, r.text
+    bomb = gzip.compress(b'{"eventName": "' + b"a" * 10_000_000 + b'"}')
+    assert len(bomb) < 32 * 1024
+    r = client.post("/v1/events/send", content=bomb, headers=headers)
+    assert r.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"not json", "VALIDATION_FAILED"),
+        (b"", "VALIDATION_FAILED"),
+        (b"[1, 2]", "VALIDATION_FAILED"),
+        (b'{"eventName": NaN, "email": "a@b.co"}', "VALIDATION_FAILED"),
+        (b'{"eventName": "order_completed"}', "EMAIL_OR_CONTACT_ID_REQUIRED"),
+        (b'{"eventName": "nope", "email": "a@b.co"}', "EVENT_NOT_FOUND"),
+        (
+            b'{"eventName": "order_completed", "email": "a@b.co", "eventProperties": {"order_total": 1e400}}',
+            "INVALID_PROPERTY_VALUE",
+        ),
+    ],
+)
+def test_bad_bodies_get_the_contract_envelope(
+    client: TestClient, project: tuple[str, str, str], body: bytes, code: str
+) -> None:
+    setup_seed(client, project[1])
+    r = client.post("/v1/events/send", content=body, headers=auth(project[1]))
+    assert r.status_code in (400, 404)
+    assert r.json()["success"] is False and r.json()["error"]["code"] == code
+
+
+def test_unknown_routes_and_methods_use_the_envelope(client: TestClient) -> None:
+    r = client.get("/v2/nothing")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"
+    r = client.delete("/v1/events/send")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "METHOD_NOT_ALLOWED"
+
+
+def test_redis_unreachable_is_503_with_retry_after(
+    settings: Settings, engine: Engine, fake_server: fakeredis.FakeServer
+) -> None:
+    import redis
+
+    _, key, _ = make_project(engine, fakeredis.FakeRedis(server=fake_server))
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    app_client = make_client(settings, engine, fake_server)
+    app_client.app.state.redis_client = dead  # type: ignore[attr-defined]
+    with app_client as c:
+        setup_seed(c, key)
+        r = c.post("/v1/events/send", json=SEED, headers=auth(key))
+    assert r.status_code == 503
+    assert r.headers["Retry-After"] == str(settings.retry_after_seconds)
+    assert r.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+    with transaction(engine) as conn:
+        assert conn.execute(select(func.count()).select_from(events)).scalar() == 0
+
+
+def test_definition_rules(client: TestClient, project: tuple[str, str, str]) -> None:
+    headers = auth(project[1])
+    r = client.post("/v1/events", json=SEED_DEFINITION, headers=headers)
+    assert r.status_code == 201
+    d = r.json()["data"]
+    assert d["projectId"] == project[0] and d["description"] is None
+    assert [p["suggestedValues"] for p in d["properties"]] == [[], [], [], []]
+    r = client.post("/v1/events", json=SEED_DEFINITION, headers=headers)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "EVENT_ALREADY_EXISTS"
+    r = client.post("/v1/events", json={"eventName": "bad-name"}, headers=headers)
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "INVALID_EVENT_NAME_CHARACTERS"
+    r = client.post(
+        "/v1/events",
+        json={"eventName": "e", "properties": [{"propertyName": "p", "type": "uuid"}]},
+        headers=headers,
+    )
+    assert r.status_code == 400 and r.json()["error"]["details"][0]["field"] == "properties[0].type"
+
+
+def test_max_definitions_per_project(client: TestClient, project: tuple[str, str, str]) -> None:
+    headers = auth(project[1])
+    for i in range(100):
+        assert (
+            client.post("/v1/events", json={"eventName": f"e{i}"}, headers=headers).status_code
+            == 201
+        )
+    r = client.post("/v1/events", json={"eventName": "one_too_many"}, headers=headers)
+    assert r.status_code == 400
+    assert r.json()["error"] == {
+        "message": "Maximum number of events (100) reached for this project.",
+        "code": "MAX_EVENTS_REACHED",
+    }
+
+
+def test_contact_upsert_by_email(client: TestClient, project: tuple[str, str, str]) -> None:
+    headers = auth(project[1])
+    first = client.post(
+        "/v1/contacts/email",
+        json={
+            "email": "  Jane@Example.COM ",
+            "firstName": "Jane",
+            "userId": "u1",
+            "customFields": {"plan": "pro", "seats": 3},
+        },
+        headers=headers,
+    ).json()["data"]
+    assert first["email"] == "jane@example.com" and first["firstName"] == "Jane"
+    second = client.post(
+        "/v1/contacts/email",
+        json={
+            "email": "jane@example.com",
+            "firstName": None,
+            "userId": "",
+            "customFields": {"seats": 4, "beta": True},
+        },
+        headers=headers,
+    ).json()["data"]
+    assert second["id"] == first["id"]
+    assert second["firstName"] == "Jane" and second["userId"] is None
+    assert second["customFields"] == {"plan": "pro", "seats": 4, "beta": True}
+    r = client.post("/v1/contacts/email", json={"email": "nope"}, headers=headers)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "VALIDATION_FAILED"
+
+
+def test_concurrent_sends_share_jobs(
+    client: TestClient, project: tuple[str, str, str], worker_ctx: WorkerContext
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    setup_seed(client, project[1])
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(
+            pool.map(
+                lambda _: client.post("/v1/events/send", json=SEED, headers=auth(project[1])),
+                range(200),
+            )
+        )
+    assert {a.status_code for a in answers} == {202}
+    queued = [e["id"] for job in worker_ctx.queue.jobs for e in read_payload(job.args[0])]
+    assert sorted(queued) == sorted(a.json()["data"]["id"] for a in answers)
+    assert len(worker_ctx.queue.jobs) < 200
+
+
+def test_job_from_the_fake_queue_has_json_payload(
+    client: TestClient, project: tuple[str, str, str], fake_redis: Any, settings: Settings
+) -> None:
+    setup_seed(client, project[1])
+    client.post("/v1/events/send", json=SEED, headers=auth(project[1]))
+    [job_id] = make_queue(settings, fake_redis).job_ids
+    raw = fake_redis.hget(f"rq:job:{job_id}", "data")
+    import json
+    import zlib
+
+    func_name, _instance, args, _kwargs = json.loads(zlib.decompress(raw))
+    assert func_name == "worker.jobs.store_events" and args[0]["v"] == 2

@@ -176,7 +176,8 @@ def test_gzip_body_is_inflated_and_a_bomb_is_413(
         (b'{"eventName": "order_completed"}', "EMAIL_OR_CONTACT_ID_REQUIRED"),
         (b'{"eventName": "nope", "email": "a@b.co"}', "EVENT_NOT_FOUND"),
         (
-            b'{"eventName": "order_completed", "email": "a@b.co", "eventProperties": {"order_total": 1e400}}',
+            b'{"eventName": "order_completed", "email": "a@b.co",'
+            b' "eventProperties": {"order_total": 1e400}}',
             "INVALID_PROPERTY_VALUE",
         ),
     ],

@@ -1,15 +1,21 @@
-"""Alembic environment: the URL comes from eventpipe's settings, never from alembic.ini."""
+"""Alembic environment: the URL comes from the caller (shared.migrations) or the settings,
+never from alembic.ini."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from alembic import context
+
 from shared.db import make_engine
 from shared.models import metadata
 from shared.settings import get_settings
 
 
 def run_migrations() -> None:
-    engine = make_engine(get_settings())
+    settings = get_settings()
+    url = context.config.attributes.get("database_url")
+    engine = make_engine(replace(settings, database_url=url) if url else settings)
     with engine.connect() as conn:
         context.configure(
             connection=conn,
@@ -19,6 +25,7 @@ def run_migrations() -> None:
         )
         with context.begin_transaction():
             context.run_migrations()
+        conn.commit()
     engine.dispose()
 
 

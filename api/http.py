@@ -63,7 +63,3 @@ def parse_json(body: bytes) -> Any:
         return jsonio.loads(body)
     except ValueError as exc:
         raise ValidationFailed("Request body must be valid JSON") from exc
-
-
-async def read_json(request: Request, limit: int) -> Any:
-    return parse_json(await read_body(request, limit))

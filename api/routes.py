@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.auth import authenticate
-from api.http import ok, parse_json, read_body, read_json
+from api.http import ok, parse_json, read_body
 from shared import store
 from shared.contacts import check_contact_changes, check_email
 from shared.db import transaction
@@ -32,6 +32,13 @@ T = TypeVar("T")
 async def in_db_thread(request: Request, fn: Callable[[], T]) -> T:
     """Run blocking store (or sync Redis) work in the bounded pool, off the event loop."""
     return await anyio.to_thread.run_sync(fn, limiter=request.app.state.db_limiter)
+
+
+async def read_authenticated(request: Request, limit: int) -> tuple[str, Any]:
+    """The contract's order for every body: size (413), then the key (401), then JSON (400)."""
+    raw = await read_body(request, limit)
+    project_id = authenticate(request, request.app.state.cache)
+    return project_id, parse_json(raw)
 
 
 def _object(body: Any) -> dict[str, Any]:
@@ -110,9 +117,8 @@ def _queued_event(request: Request, project_id: str, event_id: str) -> dict[str,
 
 async def create_definition(request: Request) -> Response:
     state = request.app.state
-    body = _object(await read_json(request, MAX_BODY_BYTES))
-    project_id = authenticate(request, state.cache)
-    spec = check_definition(body)
+    project_id, body = await read_authenticated(request, MAX_BODY_BYTES)
+    spec = check_definition(_object(body))
 
     def create() -> Any:
         with transaction(state.engine) as conn:
@@ -140,8 +146,8 @@ async def announce_config_change(request: Request) -> None:
 
 async def upsert_contact(request: Request) -> Response:
     state = request.app.state
-    body = _object(await read_json(request, MAX_BODY_BYTES))
-    project_id = authenticate(request, state.cache)
+    project_id, raw = await read_authenticated(request, MAX_BODY_BYTES)
+    body = _object(raw)
     email = check_email(body.get("email"))
     changes = check_contact_changes(body)
 

@@ -11,15 +11,12 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from shared import store
 from shared.db import make_engine, transaction
 from shared.errors import EventpipeError
 from shared.settings import Settings, get_settings
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,23 +89,10 @@ def _print(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> i
 
 
 def db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
-    from alembic.config import Config
+    from shared.migrations import upgrade
 
-    from alembic import command
-
-    _ensure_sqlite_dir(settings)
-    config = Config()
-    config.set_main_option("script_location", str(ROOT / "alembic"))
-    command.upgrade(config, "head")
+    upgrade(settings.database_url)
     return 0
-
-
-def _ensure_sqlite_dir(settings: Settings) -> None:
-    from sqlalchemy.engine import make_url
-
-    url = make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _in_transaction(settings: Settings, fn: Callable[..., Any]) -> Any:

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event, func, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -76,8 +76,17 @@ def insert_ignoring_duplicates(
     """INSERT ... ON CONFLICT (id) DO NOTHING, as one executemany."""
     if not rows:
         return
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table).on_conflict_do_nothing(index_elements=["id"])
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            postgresql.insert(table).on_conflict_do_nothing(index_elements=["id"]), list(rows)
+        )
+        return
+    stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=["id"])
+    if "seq" in table.c:
+        # SQLite has no identity columns: number each row as it goes in. SQLite has one
+        # writer at a time, so MAX+1 cannot be taken twice.
+        next_seq = select(func.coalesce(func.max(table.c.seq), 0) + 1).scalar_subquery()
+        stmt = stmt.values(seq=next_seq)
     conn.execute(stmt, list(rows))
 
 

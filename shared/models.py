@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from sqlalchemy import (
-    DDL,
     JSON,
     BigInteger,
     Column,
@@ -16,7 +15,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    event,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -105,7 +103,7 @@ events = Table(
     _id(),
     # Pages are cut by this database-assigned sequence, never by created_at: created_at is the
     # acceptance time at the edge, so rows arrive out of created_at order.
-    Column("seq", BigInteger, Identity(), nullable=True, unique=True),
+    Column("seq", BigInteger, Identity(), unique=True),
     Column("project_id", String(24), nullable=False),
     Column("contact_id", String(24), nullable=False),
     Column("event_name", String(64), nullable=False),
@@ -130,11 +128,3 @@ failed_events = Table(
     _ts("failed_at"),
     Index("ix_failed_events_project_failed_at", "project_id", "failed_at"),
 )
-
-# SQLite ignores Identity(): number rows from their rowid instead, which only grows.
-SQLITE_EVENTS_SEQ_TRIGGER = (
-    "CREATE TRIGGER IF NOT EXISTS events_assign_seq AFTER INSERT ON events "
-    "WHEN NEW.seq IS NULL BEGIN "
-    "UPDATE events SET seq = NEW.rowid WHERE rowid = NEW.rowid; END"
-)
-event.listen(events, "after_create", DDL(SQLITE_EVENTS_SEQ_TRIGGER).execute_if(dialect="sqlite"))  # type: ignore[no-untyped-call]

@@ -40,13 +40,19 @@ def make_payload(events: Sequence[Event], *, replay: bool = False) -> dict[str, 
     return payload
 
 
-def read_payload(payload: Mapping[str, Any]) -> list[Event]:
-    version = payload.get("v")
-    if version == 2:
-        return list(payload["events"])
-    if version == 1:
-        return [payload["event"]]
-    raise EventpipeError(f"Unsupported job payload version {version!r}", code="BAD_PAYLOAD")
+def read_payload(payload: Any) -> list[Event]:
+    """The events of a job payload of either version; anything else is BAD_PAYLOAD."""
+    version = payload.get("v") if isinstance(payload, Mapping) else None
+    # `type(...) is int`: JSON true must not pass for version 1.
+    if type(version) is int and version == 2 and isinstance(payload.get("events"), list):
+        events = payload["events"]
+    elif type(version) is int and version == 1 and isinstance(payload.get("event"), dict):
+        events = [payload["event"]]
+    else:
+        raise EventpipeError(f"Unreadable job payload (version {version!r})", code="BAD_PAYLOAD")
+    if not all(isinstance(e, dict) for e in events):
+        raise EventpipeError("Job payload events must be objects", code="BAD_PAYLOAD")
+    return list(events)
 
 
 def connect_redis(settings: Settings) -> redis.Redis:

@@ -52,7 +52,8 @@ def _field_error(field: str, message: str) -> ValidationFailed:
 
 
 def _present(value: Any) -> bool:
-    return value is not None and value != ""
+    # Emails are trimmed before anything else, so a blank one is no identifier at all.
+    return value is not None and not (isinstance(value, str) and not value.strip())
 
 
 def _check_contact(email: Any, contact_id: Any) -> tuple[str | None, str | None]:

@@ -45,6 +45,7 @@ class EventWorker(SimpleWorker):
 
     def _requeue_for_store(self, job: Any, queue: Any) -> None:
         with self.connection.pipeline() as pipe:
+            pipe.multi()  # RQ's enqueue_job wants MULTI before any command on the pipeline
             self.cleanup_execution(job, pipeline=pipe)
             queue.enqueue_job(job, pipeline=pipe, at_front=True)
             pipe.execute()

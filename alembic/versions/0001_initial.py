@@ -8,9 +8,8 @@ Create Date: 2026-11-26
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
-
 from alembic import op
+from sqlalchemy.dialects.postgresql import JSONB
 
 revision = "0001"
 down_revision = None
@@ -77,7 +76,7 @@ def upgrade() -> None:
     op.create_table(
         "events",
         _id(),
-        sa.Column("seq", sa.BigInteger, sa.Identity(), nullable=True),
+        sa.Column("seq", sa.BigInteger, sa.Identity(), nullable=False),
         sa.Column("project_id", sa.String(24), nullable=False),
         sa.Column("contact_id", sa.String(24), nullable=False),
         sa.Column("event_name", sa.String(64), nullable=False),
@@ -87,10 +86,6 @@ def upgrade() -> None:
         sa.UniqueConstraint("seq", name="uq_events_seq"),
     )
     op.create_index("ix_events_project_contact_seq", "events", ["project_id", "contact_id", "seq"])
-    if op.get_bind().dialect.name == "sqlite":
-        from shared.models import SQLITE_EVENTS_SEQ_TRIGGER
-
-        op.execute(SQLITE_EVENTS_SEQ_TRIGGER)
     op.create_table(
         "failed_events",
         _id(),

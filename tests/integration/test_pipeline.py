@@ -1,0 +1,205 @@
+"""The pipeline for real: uvicorn, RQ worker processes, Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from rq.serializers import JSONSerializer
+from sqlalchemy import Engine, func, select
+
+from shared.clock import iso_ms, parse_iso_ms, utcnow
+from shared.db import transaction
+from shared.ids import new_id
+from shared.models import contacts, events, failed_events
+from shared.queue import add_job, enqueue_events, make_payload, make_queue
+from shared.settings import Settings
+from shared.store import create_project, upsert_contact
+from tests.integration.conftest import REDIS_URL
+from tests.integration.services import Proc, run_cli, start_api, start_worker, wait_until
+
+SEED_DEFINITION = {
+    "eventName": "order_completed",
+    "properties": [
+        {"propertyName": "order_total", "type": "number"},
+        {"propertyName": "currency", "type": "string"},
+        {"propertyName": "is_first_purchase", "type": "boolean"},
+    ],
+}
+SEED = {
+    "eventName": "order_completed",
+    "email": "jane@example.com",
+    "eventProperties": {"order_total": 129.99, "currency": "USD", "is_first_purchase": True},
+}
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for proc in reversed(started):
+        proc.stop()
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def new_project(env: dict[str, str]) -> dict[str, str]:
+    created: dict[str, str] = json.loads(run_cli(env, "projects", "create", "acme", "--json"))
+    return created
+
+
+def count(engine: Engine, table: Any) -> int:
+    with transaction(engine) as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar() or 0)
+
+
+def test_seed_request_is_stored_with_coerced_properties_and_resolved_contact(
+    env: dict[str, str], engine: Engine, procs: list[Proc]
+) -> None:
+    project = new_project(env)
+    api, base = start_api(env)
+    procs.append(api)
+    procs.append(start_worker(env))
+    with httpx.Client(base_url=base, headers=auth(project["apiKey"]), timeout=10) as http:
+        assert http.post("/v1/events", json=SEED_DEFINITION).status_code == 201
+        contact = http.post("/v1/contacts/email", json={"email": "Jane@Example.com"}).json()
+        body = {**SEED, "eventProperties": {**SEED["eventProperties"], "order_total": "129.99"}}
+        accepted = http.post("/v1/events/send", json=body)
+        assert accepted.status_code == 202, accepted.text
+        data = accepted.json()["data"]
+        assert data["status"] == "queued"
+
+        def stored() -> bool:
+            return http.get(f"/v1/events/{data['id']}").json()["data"]["status"] == "stored"
+
+        wait_until(stored, 20, "the event to be stored")
+        record = http.get(f"/v1/events/{data['id']}").json()["data"]
+    assert record["contactId"] == contact["data"]["id"]
+    assert record["properties"] == SEED["eventProperties"]
+    with transaction(engine) as conn:
+        row = conn.execute(select(events).where(events.c.id == data["id"])).one()
+    assert row.project_id == project["projectId"]
+    assert row.contact_id == contact["data"]["id"]
+    assert row.properties == {"order_total": 129.99, "currency": "USD", "is_first_purchase": True}
+    assert row.created_at == parse_iso_ms(data["createdAt"])
+    assert row.seq is not None
+
+
+def _event(project_id: str, email: str) -> dict[str, Any]:
+    return {
+        "id": new_id(),
+        "projectId": project_id,
+        "eventName": "order_completed",
+        "email": email,
+        "contactId": None,
+        "properties": {"order_total": 1},
+        "createdAt": iso_ms(utcnow()),
+    }
+
+
+def _seed_store(engine: Engine) -> str:
+    with transaction(engine) as conn:
+        project_id, _ = create_project("direct", conn=conn)
+        upsert_contact(project_id, "jane@example.com", {}, conn=conn)
+    return project_id
+
+
+def _settings(env: dict[str, str]) -> Settings:
+    return Settings(database_url=env["DATABASE_URL"], redis_url=env["REDIS_URL"])
+
+
+def test_unknown_contact_fails_alone_while_its_batch_mates_are_stored(
+    env: dict[str, str], engine: Engine, redis_client: redis.Redis
+) -> None:
+    project_id = _seed_store(engine)
+    settings = _settings(env)
+    queue = make_queue(settings, redis_client)
+    good = [_event(project_id, "jane@example.com") for _ in range(3)]
+    bad = _event(project_id, "ghost@example.com")
+    enqueue_events(queue, settings, [good[0], bad, *good[1:]])
+    worker = start_worker(env, "--burst")
+    assert worker.proc.wait(60) == 0, worker.output()
+
+    with transaction(engine) as conn:
+        stored = set(conn.execute(select(events.c.id)).scalars())
+        failed = conn.execute(select(failed_events)).one()
+    assert stored == {e["id"] for e in good}
+    assert failed.id == bad["id"] and failed.code == "CONTACT_NOT_FOUND_FOR_EVENT"
+    assert queue.failed_job_registry.get_job_ids() == [bad["id"]]
+    job = queue.fetch_job(bad["id"])
+    assert job is not None and job.meta["code"] == "CONTACT_NOT_FOUND_FOR_EVENT"
+
+
+def test_the_same_events_enqueued_twice_are_stored_once(
+    env: dict[str, str], engine: Engine, redis_client: redis.Redis
+) -> None:
+    project_id = _seed_store(engine)
+    settings = _settings(env)
+    queue = make_queue(settings, redis_client)
+    payload = make_payload([_event(project_id, "jane@example.com") for _ in range(50)])
+    with redis_client.pipeline() as pipe:
+        add_job(queue, settings, payload, pipe)
+        add_job(queue, settings, payload, pipe)
+        pipe.execute()
+    assert queue.count == 2
+    worker = start_worker(env, "--burst")
+    assert worker.proc.wait(60) == 0, worker.output()
+    assert count(engine, events) == 50
+    assert queue.failed_job_registry.count == 0
+
+
+def test_revoked_key_is_refused_within_a_second_by_every_api_process(
+    env: dict[str, str], engine: Engine, procs: list[Proc]
+) -> None:
+    project = new_project(env)
+    api, base = start_api(env, workers=2)
+    procs.append(api)
+    key = json.loads(run_cli(env, "keys", "create", "--project", project["projectId"], "--json"))
+    with httpx.Client(base_url=base, timeout=10) as http:
+        assert (
+            http.post("/v1/events", json=SEED_DEFINITION, headers=auth(key["apiKey"])).status_code
+            == 201
+        )
+
+        def accepted_everywhere() -> bool:
+            answers = [
+                http.post("/v1/events/send", json=SEED, headers=auth(key["apiKey"]))
+                for _ in range(20)
+            ]
+            return all(a.status_code == 202 for a in answers)
+
+        wait_until(accepted_everywhere, 5, "both API processes to know the new key and definition")
+        with ThreadPoolExecutor(8) as pool:
+            ids = list(
+                pool.map(
+                    lambda _: http.post(
+                        "/v1/events/send", json=SEED, headers=auth(key["apiKey"])
+                    ).json()["data"]["id"],
+                    range(400),
+                )
+            )
+        assert len(set(ids)) == 400
+        run_cli(env, "keys", "revoke", key["keyId"])
+        import time
+
+        time.sleep(1.0)
+        statuses = {
+            http.post("/v1/events/send", json=SEED, headers=auth(key["apiKey"])).status_code
+            for _ in range(40)
+        }
+        # The project's first key still works: revocation is per key.
+        other = http.post("/v1/events/send", json=SEED, headers=auth(project["apiKey"]))
+    assert statuses == {401}
+    assert other.status_code == 202
+    with transaction(engine) as conn:
+        assert conn.execute(select(func.count()).select_from(contacts)).scalar() == 0
+
+
+__all__ = ["REDIS_URL", "JSONSerializer"]

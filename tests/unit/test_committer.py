@@ -1,0 +1,89 @@
+"""Group commit: grouping, failure reaching every waiter, cancellation losing nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from api.committer import GroupCommitter
+from shared.errors import QueueUnavailable
+
+
+class Recorder:
+    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+        self.groups: list[list[dict[str, int]]] = []
+        self.threads: set[str] = set()
+        self.delay = delay
+        self.fail = fail
+
+    def __call__(self, events: list[dict[str, int]]) -> None:
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.delay)
+        if self.fail:
+            raise QueueUnavailable()
+        self.groups.append(events)
+
+
+async def test_concurrent_submits_are_grouped_off_the_loop() -> None:
+    write = Recorder(delay=0.005)
+    committer = GroupCommitter(write, 0.002, max_events=500, max_bytes=1 << 20)  # type: ignore[arg-type]
+    await asyncio.gather(*(committer.submit({"n": i}, 100) for i in range(300)))
+    await committer.close()
+    assert sorted(e["n"] for g in write.groups for e in g) == list(range(300))
+    assert len(write.groups) < 30
+    assert threading.main_thread().name not in write.threads
+
+
+async def test_groups_are_bounded_in_count_and_bytes() -> None:
+    write = Recorder()
+    committer = GroupCommitter(write, 0.05, max_events=10, max_bytes=1000)  # type: ignore[arg-type]
+    await asyncio.gather(*(committer.submit({"n": i}, 10) for i in range(35)))
+    await asyncio.gather(*(committer.submit({"n": i}, 400) for i in range(6)))
+    await committer.close()
+    assert max(len(g) for g in write.groups[:4]) == 10
+    assert all(len(g) <= 3 for g in write.groups[4:])
+
+
+async def test_a_failed_write_fails_every_waiter_of_its_group() -> None:
+    committer = GroupCommitter(Recorder(fail=True), 0.001, 500, 1 << 20)  # type: ignore[arg-type]
+    results = await asyncio.gather(
+        *(committer.submit({"n": i}, 10) for i in range(20)), return_exceptions=True
+    )
+    await committer.close()
+    assert all(isinstance(r, QueueUnavailable) for r in results)
+
+
+async def test_a_cancelled_request_does_not_cancel_its_group() -> None:
+    write = Recorder(delay=0.05)
+    committer = GroupCommitter(write, 0.001, 500, 1 << 20)  # type: ignore[arg-type]
+    waiters = [asyncio.create_task(committer.submit({"n": i}, 10)) for i in range(10)]
+    await asyncio.sleep(0.01)  # the group is being written
+    for task in waiters[:5]:
+        task.cancel()
+    done = await asyncio.gather(*waiters, return_exceptions=True)
+    await committer.close()
+    assert sum(isinstance(d, asyncio.CancelledError) for d in done) == 5
+    assert sorted(e["n"] for g in write.groups for e in g) == list(range(10))
+
+
+async def test_close_flushes_what_is_gathered() -> None:
+    write = Recorder()
+    committer = GroupCommitter(write, 10.0, 500, 1 << 20)  # type: ignore[arg-type]
+    waiter = asyncio.create_task(committer.submit({"n": 1}, 10))
+    await asyncio.sleep(0.01)
+    assert write.groups == []  # still lingering
+    await committer.close()
+    await waiter
+    assert write.groups == [[{"n": 1}]]
+
+
+@pytest.mark.parametrize("linger", [0.0, 0.001])
+async def test_a_lone_event_waits_about_the_linger(linger: float) -> None:
+    write = Recorder()
+    committer = GroupCommitter(write, linger, 500, 1 << 20)  # type: ignore[arg-type]
+    await asyncio.wait_for(committer.submit({"n": 1}, 10), timeout=1.0)
+    await committer.close()
+    assert write.groups == [[{"n": 1}]]

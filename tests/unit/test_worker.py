@@ -1,0 +1,143 @@
+"""The job function and the worker's failure handling, on fakeredis and SQLite."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from rq.serializers import JSONSerializer
+from sqlalchemy import Engine, func, select
+
+from shared.clock import iso_ms, utcnow
+from shared.db import transaction
+from shared.errors import StoreUnavailable
+from shared.ids import new_id
+from shared.models import events, failed_events
+from shared.queue import PENDING_KEY, enqueue_events, make_payload, read_payload
+from shared.store import upsert_contact
+from worker.context import WorkerContext
+from worker.jobs import EventFailed, store_events
+from worker.runner import EventWorker
+
+
+def an_event(project_id: str, **fields: Any) -> dict[str, Any]:
+    event = {
+        "id": new_id(),
+        "projectId": project_id,
+        "eventName": "order_completed",
+        "email": "jane@example.com",
+        "contactId": None,
+        "properties": {"order_total": 1},
+        "createdAt": iso_ms(utcnow()),
+    }
+    return {**event, **fields}
+
+
+def add_contact(engine: Engine, project_id: str, email: str) -> str:
+    with transaction(engine) as conn:
+        return str(upsert_contact(project_id, email, {}, conn=conn).id)
+
+
+def count(engine: Engine, table: Any) -> int:
+    with transaction(engine) as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar() or 0)
+
+
+def test_batch_resolves_by_email_and_contact_id_and_splits_out_the_unknown(
+    worker_ctx: WorkerContext, engine: Engine, project: tuple[str, str, str]
+) -> None:
+    pid = project[0]
+    jane = add_contact(engine, pid, "jane@example.com")
+    bob = add_contact(engine, pid, "bob@example.com")
+    by_email = an_event(pid)
+    by_id = an_event(pid, email=None, contactId=bob)
+    # contactId wins over email: an unknown id is not rescued by a known email.
+    unknown_id = an_event(pid, contactId="f" * 24)
+    unknown_email = an_event(pid, email="nobody@example.com")
+    batch = [by_email, by_id, unknown_id, unknown_email]
+    assert store_events(make_payload(batch)) == {"stored": 2, "failed": 2}
+
+    with transaction(engine) as conn:
+        rows = {r.id: r for r in conn.execute(select(events))}
+        failed = {r.id: r for r in conn.execute(select(failed_events))}
+    assert rows[by_email["id"]].contact_id == jane and rows[by_id["id"]].contact_id == bob
+    assert set(failed) == {unknown_id["id"], unknown_email["id"]}
+    assert {r.code for r in failed.values()} == {"CONTACT_NOT_FOUND_FOR_EVENT"}
+    registry = worker_ctx.queue.failed_job_registry
+    assert set(registry.get_job_ids()) == {unknown_id["id"], unknown_email["id"]}
+    job = worker_ctx.queue.fetch_job(unknown_id["id"])
+    assert job.meta["code"] == "CONTACT_NOT_FOUND_FOR_EVENT"
+    assert read_payload(job.args[0]) == [unknown_id]
+    assert worker_ctx.redis.hlen(PENDING_KEY) == 0
+
+
+def test_contacts_are_resolved_within_their_project_only(
+    worker_ctx: WorkerContext, engine: Engine, project: tuple[str, str, str]
+) -> None:
+    from tests.unit.conftest import make_project
+
+    other_pid = make_project(engine, worker_ctx.redis, "other")[0]
+    add_contact(engine, other_pid, "jane@example.com")
+    assert store_events(make_payload([an_event(project[0])])) == {"stored": 0, "failed": 1}
+
+
+def test_running_the_same_job_twice_stores_once(
+    worker_ctx: WorkerContext, engine: Engine, project: tuple[str, str, str]
+) -> None:
+    add_contact(engine, project[0], "jane@example.com")
+    payload = make_payload([an_event(project[0]) for _ in range(5)])
+    store_events(payload)
+    store_events(payload)
+    assert count(engine, events) == 5
+
+
+def test_version_1_payload_is_still_read(
+    worker_ctx: WorkerContext, engine: Engine, project: tuple[str, str, str]
+) -> None:
+    add_contact(engine, project[0], "jane@example.com")
+    event = an_event(project[0], email="  JANE@example.com ")
+    assert store_events({"v": 1, "event": event}) == {"stored": 1, "failed": 0}
+
+
+def test_replay_after_the_contact_exists_stores_and_clears_the_failure(
+    worker_ctx: WorkerContext, engine: Engine, project: tuple[str, str, str]
+) -> None:
+    event = an_event(project[0])
+    store_events(make_payload([event]))
+    job = worker_ctx.queue.fetch_job(event["id"])
+    with pytest.raises(EventFailed):  # still no contact: the replay fails again
+        store_events(*job.args)
+    with transaction(engine) as conn:
+        assert conn.execute(select(failed_events.c.attempts)).scalar() == 2
+    add_contact(engine, project[0], "jane@example.com")
+    assert store_events(*job.args) == {"stored": 1, "failed": 0}
+    assert count(engine, events) == 1 and count(engine, failed_events) == 0
+
+
+def test_worker_requeues_on_store_outage_instead_of_failing(
+    worker_ctx: WorkerContext, engine: Engine, project: tuple[str, str, str], monkeypatch: Any
+) -> None:
+    add_contact(engine, project[0], "jane@example.com")
+    event = an_event(project[0])
+    enqueue_events(worker_ctx.queue, worker_ctx.settings, [event])
+    real_store = __import__("worker.jobs", fromlist=["store_batch"]).store_batch
+    calls = {"store": 0, "ping": 0}
+
+    def flaky_store(*args: Any, **kwargs: Any) -> Any:
+        calls["store"] += 1
+        if calls["store"] == 1:
+            raise StoreUnavailable()
+        return real_store(*args, **kwargs)
+
+    def slow_ping(_engine: Any) -> bool:
+        calls["ping"] += 1
+        return calls["ping"] > 2
+
+    monkeypatch.setattr("worker.jobs.store_batch", flaky_store)
+    monkeypatch.setattr("worker.runner.ping", slow_ping)
+    monkeypatch.setattr("worker.runner.time.sleep", lambda _s: None)
+    worker = EventWorker([worker_ctx.queue], connection=worker_ctx.redis, serializer=JSONSerializer)
+    worker.work(burst=True)
+    assert calls == {"store": 2, "ping": 3}
+    assert count(engine, events) == 1
+    assert worker_ctx.queue.failed_job_registry.count == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -10,7 +11,6 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from rq.serializers import JSONSerializer
 from sqlalchemy import Engine, func, select
 
 from shared.clock import iso_ms, parse_iso_ms, utcnow
@@ -20,7 +20,6 @@ from shared.models import contacts, events, failed_events
 from shared.queue import add_job, enqueue_events, make_payload, make_queue
 from shared.settings import Settings
 from shared.store import create_project, upsert_contact
-from tests.integration.conftest import REDIS_URL
 from tests.integration.services import Proc, run_cli, start_api, start_worker, wait_until
 
 SEED_DEFINITION = {
@@ -31,7 +30,7 @@ SEED_DEFINITION = {
         {"propertyName": "is_first_purchase", "type": "boolean"},
     ],
 }
-SEED = {
+SEED: dict[str, Any] = {
     "eventName": "order_completed",
     "email": "jane@example.com",
     "eventProperties": {"order_total": 129.99, "currency": "USD", "is_first_purchase": True},
@@ -77,7 +76,7 @@ def test_seed_request_is_stored_with_coerced_properties_and_resolved_contact(
         assert data["status"] == "queued"
 
         def stored() -> bool:
-            return http.get(f"/v1/events/{data['id']}").json()["data"]["status"] == "stored"
+            return bool(http.get(f"/v1/events/{data['id']}").json()["data"]["status"] == "stored")
 
         wait_until(stored, 20, "the event to be stored")
         record = http.get(f"/v1/events/{data['id']}").json()["data"]
@@ -187,8 +186,6 @@ def test_revoked_key_is_refused_within_a_second_by_every_api_process(
             )
         assert len(set(ids)) == 400
         run_cli(env, "keys", "revoke", key["keyId"])
-        import time
-
         time.sleep(1.0)
         statuses = {
             http.post("/v1/events/send", json=SEED, headers=auth(key["apiKey"])).status_code
@@ -200,6 +197,3 @@ def test_revoked_key_is_refused_within_a_second_by_every_api_process(
     assert other.status_code == 202
     with transaction(engine) as conn:
         assert conn.execute(select(func.count()).select_from(contacts)).scalar() == 0
-
-
-__all__ = ["REDIS_URL", "JSONSerializer"]

@@ -73,7 +73,7 @@ def worker_ctx(
 
 
 def make_project(
-    engine: Engine, redis: fakeredis.FakeRedis, name: str = "test"
+    engine: Engine, redis: Any, name: str = "test"
 ) -> tuple[str, str, str]:
     """(project id, api key, key id), announced to running apps as the CLI does."""
     with transaction(engine) as conn:

@@ -29,7 +29,7 @@ class Recorder:
 
 async def test_concurrent_submits_are_grouped_off_the_loop() -> None:
     write = Recorder(delay=0.005)
-    committer = GroupCommitter(write, 0.002, max_events=500, max_bytes=1 << 20)  # type: ignore[arg-type]
+    committer = GroupCommitter(write, 0.002, max_events=500, max_bytes=1 << 20)
     await asyncio.gather(*(committer.submit({"n": i}, 100) for i in range(300)))
     await committer.close()
     assert sorted(e["n"] for g in write.groups for e in g) == list(range(300))
@@ -39,7 +39,7 @@ async def test_concurrent_submits_are_grouped_off_the_loop() -> None:
 
 async def test_groups_are_bounded_in_count_and_bytes() -> None:
     write = Recorder()
-    committer = GroupCommitter(write, 0.05, max_events=10, max_bytes=1000)  # type: ignore[arg-type]
+    committer = GroupCommitter(write, 0.05, max_events=10, max_bytes=1000)
     await asyncio.gather(*(committer.submit({"n": i}, 10) for i in range(35)))
     await asyncio.gather(*(committer.submit({"n": i}, 400) for i in range(6)))
     await committer.close()
@@ -48,7 +48,7 @@ async def test_groups_are_bounded_in_count_and_bytes() -> None:
 
 
 async def test_a_failed_write_fails_every_waiter_of_its_group() -> None:
-    committer = GroupCommitter(Recorder(fail=True), 0.001, 500, 1 << 20)  # type: ignore[arg-type]
+    committer = GroupCommitter(Recorder(fail=True), 0.001, 500, 1 << 20)
     results = await asyncio.gather(
         *(committer.submit({"n": i}, 10) for i in range(20)), return_exceptions=True
     )
@@ -58,7 +58,7 @@ async def test_a_failed_write_fails_every_waiter_of_its_group() -> None:
 
 async def test_a_cancelled_request_does_not_cancel_its_group() -> None:
     write = Recorder(delay=0.05)
-    committer = GroupCommitter(write, 0.001, 500, 1 << 20)  # type: ignore[arg-type]
+    committer = GroupCommitter(write, 0.001, 500, 1 << 20)
     waiters = [asyncio.create_task(committer.submit({"n": i}, 10)) for i in range(10)]
     await asyncio.sleep(0.01)  # the group is being written
     for task in waiters[:5]:
@@ -71,7 +71,7 @@ async def test_a_cancelled_request_does_not_cancel_its_group() -> None:
 
 async def test_close_flushes_what_is_gathered() -> None:
     write = Recorder()
-    committer = GroupCommitter(write, 10.0, 500, 1 << 20)  # type: ignore[arg-type]
+    committer = GroupCommitter(write, 10.0, 500, 1 << 20)
     waiter = asyncio.create_task(committer.submit({"n": 1}, 10))
     await asyncio.sleep(0.01)
     assert write.groups == []  # still lingering
@@ -83,7 +83,7 @@ async def test_close_flushes_what_is_gathered() -> None:
 @pytest.mark.parametrize("linger", [0.0, 0.001])
 async def test_a_lone_event_waits_about_the_linger(linger: float) -> None:
     write = Recorder()
-    committer = GroupCommitter(write, linger, 500, 1 << 20)  # type: ignore[arg-type]
+    committer = GroupCommitter(write, linger, 500, 1 << 20)
     await asyncio.wait_for(committer.submit({"n": 1}, 10), timeout=1.0)
     await committer.close()
     assert write.groups == [[{"n": 1}]]

@@ -102,6 +102,8 @@ def test_event_name_must_be_a_string(name: Any) -> None:
         {"email": "", "contactId": ""},
         {"email": "", "contactId": ...},
         {"email": ..., "contactId": None},
+        {"email": "   ", "contactId": ...},
+        {"email": " \t", "contactId": " "},
     ],
 )
 def test_contact_identifier_required(contact: dict[str, Any]) -> None:

@@ -66,6 +66,7 @@ def test_batch_resolves_by_email_and_contact_id_and_splits_out_the_unknown(
     registry = worker_ctx.queue.failed_job_registry
     assert set(registry.get_job_ids()) == {unknown_id["id"], unknown_email["id"]}
     job = worker_ctx.queue.fetch_job(unknown_id["id"])
+    assert job is not None
     assert job.meta["code"] == "CONTACT_NOT_FOUND_FOR_EVENT"
     assert read_payload(job.args[0]) == [unknown_id]
     assert worker_ctx.redis.hlen(PENDING_KEY) == 0
@@ -105,6 +106,7 @@ def test_replay_after_the_contact_exists_stores_and_clears_the_failure(
     event = an_event(project[0])
     store_events(make_payload([event]))
     job = worker_ctx.queue.fetch_job(event["id"])
+    assert job is not None
     with pytest.raises(EventFailed):  # still no contact: the replay fails again
         store_events(*job.args)
     with transaction(engine) as conn:

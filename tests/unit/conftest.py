@@ -72,9 +72,7 @@ def worker_ctx(
     return ctx
 
 
-def make_project(
-    engine: Engine, redis: Any, name: str = "test"
-) -> tuple[str, str, str]:
+def make_project(engine: Engine, redis: Any, name: str = "test") -> tuple[str, str, str]:
     """(project id, api key, key id), announced to running apps as the CLI does."""
     with transaction(engine) as conn:
         project_id, key = create_project(name, conn=conn)

@@ -25,7 +25,7 @@ from api.http import error_response
 from shared import store
 from shared.db import make_engine, transaction
 from shared.errors import EventpipeError, NotFound
-from shared.queue import connect_redis, enqueue_events, make_queue
+from shared.queue import connect_redis, enqueue_events_async, make_queue
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("eventpipe.api")
@@ -81,7 +81,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         settings.config_reload_seconds,
     )
     state.committer = GroupCommitter(
-        lambda events: enqueue_events(state.queue, settings, events),
+        lambda events: enqueue_events_async(state.queue, settings, state.redis, events),
         settings.group_linger_ms / 1000,
         settings.group_max_events,
         settings.group_max_bytes,

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from rq import Queue
@@ -88,11 +89,15 @@ def add_job(
     queue: Queue,
     settings: Settings,
     payload: dict[str, Any],
-    pipe: redis.client.Pipeline,
+    pipe: Any,
     *,
     job_id: str | None = None,
 ) -> str:
-    """Put one job on `pipe` (not executed here); returns its id."""
+    """Put one job on `pipe` (not executed here); returns its id.
+
+    `pipe` may be a redis.asyncio pipeline: RQ only queues commands on it, so the API can
+    write RQ's own job format without a synchronous client.
+    """
     job = queue.create_job(
         JOB_FUNC,
         args=(payload,),
@@ -106,7 +111,7 @@ def add_job(
     return str(job.id)
 
 
-def mark_pending(pipe: redis.client.Pipeline, events: Iterable[Event], job_id: str) -> None:
+def mark_pending(pipe: Any, events: Iterable[Event], job_id: str) -> None:
     pipe.hset(PENDING_KEY, mapping={e["id"]: f"{e['projectId']}:{job_id}" for e in events})
 
 
@@ -124,6 +129,33 @@ def enqueue_events(queue: Queue, settings: Settings, events: Sequence[Event]) ->
     except redis.RedisError as exc:
         raise QueueUnavailable() from exc
     return job_id
+
+
+async def enqueue_events_async(
+    queue: Queue, settings: Settings, connection: aioredis.Redis, events: Sequence[Event]
+) -> str:
+    """`enqueue_events` for the event loop: the same job, written through redis.asyncio."""
+    try:
+        if not queue.redis_server_version:
+            queue.redis_server_version = await server_version(connection)
+        async with connection.pipeline(transaction=True) as pipe:
+            job_id = add_job(queue, settings, make_payload(events), pipe)
+            mark_pending(pipe, events, job_id)
+            await pipe.execute()
+    except redis.RedisError as exc:
+        raise QueueUnavailable() from exc
+    return job_id
+
+
+async def server_version(connection: aioredis.Redis) -> tuple[int, int, int]:
+    """What rq.utils.get_version reads, without a synchronous client (and its same fallback
+    for servers without INFO, such as fakeredis)."""
+    try:
+        info = await connection.info("server")
+    except redis.ResponseError:
+        return (5, 0, 9)
+    major, minor, patch = (str(info["redis_version"]).split(".") + ["0", "0"])[:3]
+    return int(major), int(minor), int(patch)
 
 
 def bump_config_version(connection: redis.Redis) -> None:

@@ -201,12 +201,12 @@ def test_unknown_routes_and_methods_use_the_envelope(client: TestClient) -> None
 def test_redis_unreachable_is_503_with_retry_after(
     settings: Settings, engine: Engine, fake_server: fakeredis.FakeServer
 ) -> None:
-    import redis
+    import redis.asyncio as aioredis
 
     _, key, _ = make_project(engine, fakeredis.FakeRedis(server=fake_server))
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    dead = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
     app_client = make_client(settings, engine, fake_server)
-    app_client.app.state.redis_client = dead  # type: ignore[attr-defined]
+    app_client.app.state.async_redis = dead  # type: ignore[attr-defined]
     with app_client as c:
         setup_seed(c, key)
         r = c.post("/v1/events/send", json=SEED, headers=auth(key))

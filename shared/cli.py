@@ -28,7 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.handler(args, settings)
         return result
     except EventpipeError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+        print(f"error: {exc.message}{cause}", file=sys.stderr)
         return 1
 
 

@@ -10,8 +10,6 @@ from typing import Any
 import anyio
 import redis
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialBackoff
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -25,7 +23,7 @@ from api.http import error_response
 from shared import store
 from shared.db import make_engine, transaction
 from shared.errors import EventpipeError, NotFound
-from shared.queue import connect_redis, enqueue_events_async, make_queue
+from shared.queue import connect_redis, enqueue_events_async, make_queue, quick_async_retry
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("eventpipe.api")
@@ -71,7 +69,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         settings.redis_url,
         socket_timeout=settings.redis_timeout_seconds,
         socket_connect_timeout=settings.redis_timeout_seconds,
-        retry=AsyncRetry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
+        retry=quick_async_retry(),
     )
     state.db_limiter = anyio.CapacityLimiter(settings.db_threads)
     state.cache = ConfigCache(

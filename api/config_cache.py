@@ -85,3 +85,5 @@ class ConfigCache:
                 self._version = version
             except EventpipeError as exc:
                 log.warning("config reload failed, keeping the previous one: %s", exc.message)
+            except Exception:  # the poller must outlive any one failed reload
+                log.exception("config reload failed, keeping the previous one")

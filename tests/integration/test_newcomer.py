@@ -1,0 +1,178 @@
+"""A newcomer's `eventpipe run` on embedded defaults (no DATABASE_URL, no REDIS_URL), both
+ways of getting the embedded server, and the files a deployment platform reads.
+
+These need no machine service: the run starts its own Redis-compatible server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import redis
+
+from shared.cli import _parser
+from shared.embedded import EmbeddedRedis, find_server
+from tests.integration.services import ROOT, free_port, wait_until
+
+REQUIRED = os.environ.get("EVENTPIPE_REQUIRE_SERVICES") == "1"
+
+
+def server_or_skip(source: str) -> None:
+    if source == "path" and shutil.which("redis-server") is None:
+        if REQUIRED:
+            pytest.fail("redis-server is not on PATH (required in CI)")
+        pytest.skip("redis-server is not on PATH")
+
+
+@pytest.mark.parametrize("source", ["path", "package"])
+def test_embedded_server_keeps_its_data_across_a_restart(source: str, tmp_path: Path) -> None:
+    server_or_skip(source)
+    binary = find_server(source)
+    assert ("PATH" in binary.source) == (source == "path")
+    server = EmbeddedRedis(binary, tmp_path / "redis")
+    server.start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        client.rpush("queued", "event-1", "event-2")
+        client.close()
+        server.stop()
+        assert server.proc is not None and server.proc.poll() is not None
+        server.start()
+        client = redis.Redis.from_url(server.url)
+        assert client.lrange("queued", 0, -1) == [b"event-1", b"event-2"]
+        client.close()
+    finally:
+        server.stop()
+
+
+class Run:
+    """`eventpipe run` in a directory of its own, as a newcomer would start it."""
+
+    def __init__(self, workdir: Path, source: str, processes: int) -> None:
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+        env.update(EMBEDDED_REDIS=source, LOG_LEVEL="WARNING")
+        self.log = workdir / f"run-{self.port}.log"
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "shared.cli", "run", "--port", str(self.port),
+                 "--processes", str(processes)],
+                cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for_banner(self) -> tuple[str, str]:
+        """(api key, curl command) as printed."""
+
+        def printed() -> bool:
+            assert self.proc.poll() is None, self.output()
+            return "Ctrl-C stops everything" in self.output()
+
+        wait_until(printed, 90, "the start-up banner")
+        key = re.search(r"dev project API key: (AS_\S+)", self.output())
+        curl = re.search(r"^curl .*$", self.output(), re.MULTILINE)
+        assert key and curl, self.output()
+        return key.group(1), curl.group(0)
+
+    def ctrl_c(self) -> None:
+        """SIGINT, as a terminal's Ctrl-C; every process it started must be gone after."""
+        family = psutil.Process(self.proc.pid).children(recursive=True)
+        assert len(family) >= 2, [p.cmdline() for p in family]
+        self.proc.send_signal(signal.SIGINT)
+        assert self.proc.wait(60) == 0, self.output()
+        _, alive = psutil.wait_procs(family, timeout=10)
+        assert alive == [], [p.cmdline() for p in alive]
+        assert "eventpipe: stopped" in self.output()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            for child in psutil.Process(self.proc.pid).children(recursive=True):
+                child.kill()
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def runs() -> Iterator[list[Run]]:
+    started: list[Run] = []
+    yield started
+    for run in started:
+        run.kill()
+
+
+@pytest.mark.parametrize("source", ["path", "package"])
+def test_first_run_prints_a_curl_that_works_and_queued_events_survive_a_restart(
+    source: str, tmp_path: Path, runs: list[Run]
+) -> None:
+    server_or_skip(source)
+    # First start, with no worker: what is sent stays queued through the Ctrl-C.
+    first = Run(tmp_path, source, processes=0)
+    runs.append(first)
+    key, curl = first.wait_for_banner()
+    answer = json.loads(subprocess.run(shlex.split(curl), capture_output=True, check=True).stdout)
+    assert answer["success"] is True and answer["data"]["status"] == "queued"
+    event_id = answer["data"]["id"]
+    first.ctrl_c()
+    assert (tmp_path / "var" / "redis" / "appendonlydir").is_dir()
+    assert (tmp_path / "var" / "eventpipe.db").is_file()
+
+    second = Run(tmp_path, source, processes=1)
+    runs.append(second)
+    key_again, _ = second.wait_for_banner()
+    assert key_again == key
+    base = f"http://127.0.0.1:{second.port}"
+
+    def stored() -> bool:
+        got = httpx.get(f"{base}/v1/events/{event_id}", headers={"Authorization": f"Bearer {key}"})
+        return bool(got.json()["data"]["status"] == "stored")
+
+    wait_until(stored, 30, "the event queued before the restart to be stored", step=0.2)
+    second.ctrl_c()
+
+
+def test_procfile_and_dockerfile_commands_are_eventpipe_commands() -> None:
+    roles = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        role, _, command = line.partition(":")
+        roles[role] = command
+        # ${VAR:-default} with VAR unset is its default, as the platform's shell would have it.
+        argv = shlex.split(re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", command))
+        assert argv[0] == "eventpipe"
+        _parser().parse_args(argv[1:])
+    assert set(roles) == {"web", "worker", "release"}
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["eventpipe"]' in dockerfile
+    cmd = re.search(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE)
+    assert cmd is not None
+    _parser().parse_args(json.loads(cmd.group(1)))
+
+
+def test_compose_file_validates() -> None:
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        if REQUIRED:
+            pytest.fail("docker-compose is not installed (required in CI)")
+        pytest.skip("docker-compose is not installed")
+    done = subprocess.run([compose, "-f", str(ROOT / "docker-compose.yml"), "config"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for service in ("postgres", "redis", "migrate", "api", "worker"):
+        assert f"  {service}:" in done.stdout
+    assert "noeviction" in done.stdout and "appendonly" in done.stdout
+    assert "service_completed_successfully" in done.stdout

@@ -95,19 +95,16 @@ def _event_status(request: Request, project_id: str, event_id: str) -> dict[str,
 def _queued_event(request: Request, project_id: str, event_id: str) -> dict[str, Any] | None:
     queue = request.app.state.queue
     try:
-        mark = queue.connection.hget(PENDING_KEY, event_id)
-        if mark is None:
+        job_id = queue.connection.hget(PENDING_KEY, event_id)
+        if job_id is None:
             return None
-        owner, _, job_id = mark.decode().partition(":")
-        if owner != project_id:
-            return None
-        job = Job.fetch(job_id, connection=queue.connection, serializer=queue.serializer)
+        job = Job.fetch(job_id.decode(), connection=queue.connection, serializer=queue.serializer)
     except NoSuchJobError:
         return None
     except RedisError as exc:
         raise QueueUnavailable() from exc
     for event in read_payload(job.args[0]):
-        if event["id"] == event_id:
+        if event["id"] == event_id and event["projectId"] == project_id:
             return {**store.queued_view(event), "status": "queued"}
     return None
 

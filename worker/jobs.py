@@ -8,7 +8,7 @@ from rq import get_current_job
 from rq.job import JobStatus
 
 from shared.errors import EventpipeError
-from shared.queue import JOB_FUNC, PENDING_KEY, Event, make_payload, read_payload
+from shared.queue import JOB_FUNC, PENDING_KEY, Event, job_options, make_payload, read_payload
 from worker.context import WorkerContext, get_context
 from worker.events import store_batch
 
@@ -42,15 +42,15 @@ def _clear_pending(
 
 
 def _add_failed_job(ctx: WorkerContext, event: Event, error: EventpipeError, pipe: Any) -> None:
+    # No retries: a replay that fails again is listed again, it does not loop.
+    options = {**job_options(ctx.settings), "retry": None}
     job = ctx.queue.create_job(
         JOB_FUNC,
         args=(make_payload([event], replay=True),),
         job_id=event["id"],
-        timeout=ctx.settings.job_timeout,
-        result_ttl=ctx.settings.result_ttl,
-        failure_ttl=ctx.settings.failure_ttl,
         meta={"code": error.code, "message": error.message, "projectId": event["projectId"]},
         status=JobStatus.FAILED,
+        **options,
     )
     job.origin = ctx.queue.name
     job.save(pipeline=pipe)

@@ -12,7 +12,7 @@ import redis
 from sqlalchemy import Engine
 
 from shared.models import events
-from shared.queue import enqueue_events, make_queue
+from shared.queue import JobWriter, enqueue_events, make_queue
 from shared.settings import Settings
 from tests.integration.services import (
     ROOT,
@@ -55,7 +55,11 @@ def test_worker_processes_drain_the_queue_together(
     settings = Settings(database_url=env["DATABASE_URL"], redis_url=env["REDIS_URL"])
     queue = make_queue(settings, redis_client)
     for _ in range(40):
-        enqueue_events(queue, settings, [_event(project_id, "jane@example.com") for _ in range(25)])
+        enqueue_events(
+            JobWriter(queue, settings),
+            queue.connection,
+            [_event(project_id, "jane@example.com") for _ in range(25)],
+        )
     done = subprocess.run(
         eventpipe("worker", "--processes", "2", "--burst"), env=env, cwd=ROOT, timeout=120
     )

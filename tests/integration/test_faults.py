@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from shared.db import transaction
 from shared.migrations import upgrade
 from shared.models import events
-from shared.queue import enqueue_events, make_queue
+from shared.queue import JobWriter, enqueue_events, make_queue
 from shared.settings import Settings
 from tests.integration.conftest import REDIS_URL, service_env
 from tests.integration.services import (
@@ -57,7 +57,7 @@ def test_a_store_outage_is_waited_out_and_the_queued_job_is_stored(
     settings = Settings(database_url=pg_cluster.url, redis_url=REDIS_URL)
     queue = make_queue(settings, redis_client)
     event = _event(project_id, "jane@example.com")
-    enqueue_events(queue, settings, [event])
+    enqueue_events(JobWriter(queue, settings), queue.connection, [event])
     engine.dispose()
     pg_cluster.stop()
 

@@ -17,7 +17,7 @@ from shared.clock import iso_ms, parse_iso_ms, utcnow
 from shared.db import transaction
 from shared.ids import new_id
 from shared.models import contacts, events, failed_events
-from shared.queue import add_job, enqueue_events, make_payload, make_queue
+from shared.queue import JobWriter, add_job, enqueue_events, make_payload, make_queue
 from shared.settings import Settings
 from shared.store import create_project, upsert_contact
 from tests.integration.services import Proc, run_cli, start_api, start_worker, wait_until
@@ -122,7 +122,7 @@ def test_unknown_contact_fails_alone_while_its_batch_mates_are_stored(
     queue = make_queue(settings, redis_client)
     good = [_event(project_id, "jane@example.com") for _ in range(3)]
     bad = _event(project_id, "ghost@example.com")
-    enqueue_events(queue, settings, [good[0], bad, *good[1:]])
+    enqueue_events(JobWriter(queue, settings), queue.connection, [good[0], bad, *good[1:]])
     worker = start_worker(env, "--burst")
     assert worker.proc.wait(60) == 0, worker.output()
 

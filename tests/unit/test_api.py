@@ -344,3 +344,30 @@ def test_api_never_imports_the_worker() -> None:
     code = "import sys, api.app; print(any(m.split('.')[0] == 'worker' for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_api_written_jobs_are_rq_jobs(
+    client: TestClient, project: tuple[str, str, str], worker_ctx: WorkerContext
+) -> None:
+    """JobWriter's jobs read back through RQ as RQ's own enqueue would have written them."""
+    from shared.queue import add_job, job_options
+
+    setup_seed(client, project[1])
+    client.post("/v1/events/send", json=SEED, headers=auth(project[1]))
+    [written] = worker_ctx.queue.jobs
+    with worker_ctx.redis.pipeline() as pipe:
+        reference_id = add_job(worker_ctx.queue, worker_ctx.settings, written.args[0], pipe)
+        pipe.execute()
+    reference = worker_ctx.queue.fetch_job(reference_id)
+    assert reference is not None
+    assert written.func_name == reference.func_name == "worker.jobs.store_events"
+    assert written.args == reference.args and written.kwargs == reference.kwargs == {}
+    assert written.get_status() == reference.get_status() == "queued"
+    options = job_options(worker_ctx.settings)
+    assert written.timeout == reference.timeout == options["timeout"]
+    assert written.result_ttl == reference.result_ttl == options["result_ttl"]
+    assert written.failure_ttl == reference.failure_ttl == options["failure_ttl"]
+    assert written.retries_left == reference.retries_left == worker_ctx.settings.job_retries
+    assert written.description == reference.description == "eventpipe: store events"
+    assert written.origin == reference.origin == worker_ctx.queue.name
+    assert worker_ctx.queue.job_ids == [written.id, reference_id]

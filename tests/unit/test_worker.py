@@ -13,7 +13,7 @@ from shared.db import transaction
 from shared.errors import StoreUnavailable
 from shared.ids import new_id
 from shared.models import events, failed_events
-from shared.queue import PENDING_KEY, enqueue_events, make_payload, read_payload
+from shared.queue import PENDING_KEY, JobWriter, enqueue_events, make_payload, read_payload
 from shared.store import upsert_contact
 from worker.context import WorkerContext
 from worker.jobs import EventFailed, store_events
@@ -121,7 +121,9 @@ def test_worker_requeues_on_store_outage_instead_of_failing(
 ) -> None:
     add_contact(engine, project[0], "jane@example.com")
     event = an_event(project[0])
-    enqueue_events(worker_ctx.queue, worker_ctx.settings, [event])
+    enqueue_events(
+        JobWriter(worker_ctx.queue, worker_ctx.settings), worker_ctx.queue.connection, [event]
+    )
     real_store = __import__("worker.jobs", fromlist=["store_batch"]).store_batch
     calls = {"store": 0, "ping": 0}
 

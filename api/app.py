@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api import routes
+from api.backlog import Backlog
 from api.committer import GroupCommitter
 from api.config_cache import ConfigCache
 from api.http import error_response
@@ -92,13 +93,16 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         settings.group_max_events,
         settings.group_max_bytes,
     )
+    state.backlog = Backlog(state.redis, settings.max_queued_events, settings.backlog_poll_seconds)
     await state.cache.start()
+    await state.backlog.start()
     _tune_gc()
     try:
         yield
     finally:
         # Requests still waiting on a group get their answer before the process exits.
         await state.committer.close()
+        await state.backlog.stop()
         await state.cache.stop()
         await state.redis.aclose()
         state.queue.connection.close()

@@ -55,6 +55,8 @@ async def send_event(request: Request) -> Response:
     raw = await read_body(request, MAX_SEND_BODY_BYTES)
     project_id = authenticate(request, state.cache)
     event = check_send(parse_json(raw), project_id, state.cache.definition_finder(project_id))
+    state.backlog.check()
+    state.backlog.added(1)
     await state.committer.submit(event, len(raw))
     return ok({**store.queued_view(event), "status": "queued"}, 202)
 

@@ -40,6 +40,9 @@ class Settings:
     group_linger_ms: float = 1.0
     group_max_events: int = 500
     group_max_bytes: int = 512 * 1024
+    # Backpressure: past this many queued events, sends answer 503 instead of filling Redis.
+    max_queued_events: int = 1_000_000
+    backlog_poll_seconds: float = 0.1
     job_timeout: int = 60
     result_ttl: int = 60
     failure_ttl: int = 30 * 24 * 3600
@@ -68,6 +71,8 @@ ENV_NAMES: dict[str, str] = {
     "GROUP_LINGER_MS": "group_linger_ms",
     "GROUP_MAX_EVENTS": "group_max_events",
     "GROUP_MAX_BYTES": "group_max_bytes",
+    "MAX_QUEUED_EVENTS": "max_queued_events",
+    "BACKLOG_POLL_SECONDS": "backlog_poll_seconds",
     "JOB_TIMEOUT": "job_timeout",
     "RESULT_TTL": "result_ttl",
     "FAILURE_TTL": "failure_ttl",

@@ -99,5 +99,14 @@ def service_env(database_url: str, redis_url: str, **extra: Any) -> dict[str, st
 
 
 @pytest.fixture
+def procs_cleanup() -> Iterator[list[Any]]:
+    """Processes a test started, stopped at its end in reverse order."""
+    started: list[Any] = []
+    yield started
+    for proc in reversed(started):
+        proc.stop()
+
+
+@pytest.fixture
 def env(database_url: str, redis_client: redis.Redis) -> dict[str, str]:
     return service_env(database_url, REDIS_URL)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-import pytest
 import redis
 from sqlalchemy import Engine, func, select
 
@@ -37,14 +35,6 @@ SEED: dict[str, Any] = {
 }
 
 
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in reversed(started):
-        proc.stop()
-
-
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
@@ -60,12 +50,12 @@ def count(engine: Engine, table: Any) -> int:
 
 
 def test_seed_request_is_stored_with_coerced_properties_and_resolved_contact(
-    env: dict[str, str], engine: Engine, procs: list[Proc]
+    env: dict[str, str], engine: Engine, procs_cleanup: list[Proc]
 ) -> None:
     project = new_project(env)
     api, base = start_api(env)
-    procs.append(api)
-    procs.append(start_worker(env))
+    procs_cleanup.append(api)
+    procs_cleanup.append(start_worker(env))
     with httpx.Client(base_url=base, headers=auth(project["apiKey"]), timeout=10) as http:
         assert http.post("/v1/events", json=SEED_DEFINITION).status_code == 201
         contact = http.post("/v1/contacts/email", json={"email": "Jane@Example.com"}).json()
@@ -155,11 +145,11 @@ def test_the_same_events_enqueued_twice_are_stored_once(
 
 
 def test_revoked_key_is_refused_within_a_second_by_every_api_process(
-    env: dict[str, str], engine: Engine, procs: list[Proc]
+    env: dict[str, str], engine: Engine, procs_cleanup: list[Proc]
 ) -> None:
     project = new_project(env)
     api, base = start_api(env, workers=2)
-    procs.append(api)
+    procs_cleanup.append(api)
     key = json.loads(run_cli(env, "keys", "create", "--project", project["projectId"], "--json"))
     with httpx.Client(base_url=base, timeout=10) as http:
         assert (

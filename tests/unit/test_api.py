@@ -371,3 +371,22 @@ def test_api_written_jobs_are_rq_jobs(
     assert written.description == reference.description == "eventpipe: store events"
     assert written.origin == reference.origin == worker_ctx.queue.name
     assert worker_ctx.queue.job_ids == [written.id, reference_id]
+
+
+def test_backpressure_answers_503_past_the_limit_and_recovers_once_drained(
+    settings: Settings,
+    engine: Engine,
+    fake_server: fakeredis.FakeServer,
+    worker_ctx: WorkerContext,
+    project: tuple[str, str, str],
+) -> None:
+    with make_client(settings, engine, fake_server, max_queued_events=5) as c:
+        setup_seed(c, project[1])
+        answers = [c.post("/v1/events/send", json=SEED, headers=auth(project[1])) for _ in range(8)]
+        assert [a.status_code for a in answers] == [202] * 5 + [503] * 3
+        assert answers[-1].headers["Retry-After"] == str(settings.retry_after_seconds)
+        assert answers[-1].json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+        run_queued_jobs(worker_ctx)
+        time.sleep(0.3)  # the next poll of the backlog sees it drained
+        r = c.post("/v1/events/send", json=SEED, headers=auth(project[1]))
+        assert r.status_code == 202

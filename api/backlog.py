@@ -1,0 +1,60 @@
+"""Backpressure: how many events are queued, known without a Redis call per request.
+
+The count is the length of the pending-marks hash (one field per event accepted and not yet
+stored or failed; O(1) to read), polled every `backlog_poll_seconds`, plus what this process
+enqueued since the last poll, so a burst between two polls cannot overshoot by much.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from shared.errors import ServiceUnavailable
+from shared.queue import PENDING_KEY
+
+log = logging.getLogger("eventpipe.api")
+
+
+class Backlog:
+    def __init__(self, redis: aioredis.Redis, limit: int, poll_seconds: float) -> None:
+        self._redis = redis
+        self._limit = limit
+        self._poll = poll_seconds
+        self._queued = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._read()
+        self._task = asyncio.create_task(self._run(), name="backlog")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def check(self) -> None:
+        """Raise 503 while the backlog is at or over the limit."""
+        if self._queued >= self._limit:
+            raise ServiceUnavailable(f"Too many events are queued ({self._queued}); retry later")
+
+    def added(self, count: int) -> None:
+        self._queued += count
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll)
+            await self._read()
+
+    async def _read(self) -> None:
+        try:
+            length = self._redis.hlen(PENDING_KEY)
+            # redis-py types hlen as "int or awaitable" for its sync and async clients.
+            self._queued = int(await length if not isinstance(length, int) else length)
+        except RedisError:
+            pass  # sends will meet the same error and answer 503 themselves

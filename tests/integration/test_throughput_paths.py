@@ -1,0 +1,92 @@
+"""The grouped send path for real: backpressure, and cancelled requests losing nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import redis
+from sqlalchemy import Engine, select
+
+from shared.db import transaction
+from shared.models import events
+from shared.queue import PENDING_KEY
+from tests.integration.services import Proc, run_cli, start_api, start_worker, wait_until
+from tests.integration.test_pipeline import SEED, SEED_DEFINITION, auth
+
+
+def _project_with_contact(env: dict[str, str], base: str) -> str:
+    key: str = json.loads(run_cli(env, "projects", "create", "acme", "--json"))["apiKey"]
+    with httpx.Client(base_url=base, headers=auth(key), timeout=10) as http:
+        assert http.post("/v1/events", json=SEED_DEFINITION).status_code == 201
+        assert http.post("/v1/contacts/email", json={"email": "jane@example.com"}).is_success
+    return key
+
+
+def test_backpressure_refuses_past_the_limit_and_recovers_when_drained(
+    env: dict[str, str], redis_client: redis.Redis, procs_cleanup: list[Proc]
+) -> None:
+    env = {**env, "MAX_QUEUED_EVENTS": "30"}
+    api, base = start_api(env)
+    procs_cleanup.append(api)
+    key = _project_with_contact(env, base)
+    with httpx.Client(base_url=base, headers=auth(key), timeout=10) as http:
+        statuses = [http.post("/v1/events/send", json=SEED).status_code for _ in range(40)]
+        assert statuses == [202] * 30 + [503] * 10
+        refused = http.post("/v1/events/send", json=SEED)
+        assert refused.headers["Retry-After"] and refused.json()["error"]["code"] == (
+            "SERVICE_UNAVAILABLE"
+        )
+        assert redis_client.hlen(PENDING_KEY) == 30  # nothing refused reached Redis
+        procs_cleanup.append(start_worker(env))
+        wait_until(lambda: redis_client.hlen(PENDING_KEY) == 0, 30, "the backlog to drain")
+        wait_until(
+            lambda: http.post("/v1/events/send", json=SEED).status_code == 202,
+            5,
+            "sends to be accepted again",
+        )
+
+
+async def _send_many(base: str, key: str, count: int) -> tuple[list[str], int]:
+    """Half the requests give up after 2 ms (the client closes the connection mid-flight)."""
+    accepted: list[str] = []
+    abandoned = 0
+    patient = httpx.AsyncClient(base_url=base, headers=auth(key), timeout=10)
+    hasty = httpx.AsyncClient(base_url=base, headers=auth(key), timeout=0.002)
+
+    async def one(i: int) -> None:
+        nonlocal abandoned
+        client = hasty if i % 2 else patient
+        try:
+            r = await client.post("/v1/events/send", json=SEED)
+        except httpx.TimeoutException:
+            abandoned += 1
+            return
+        assert r.status_code == 202, r.text
+        accepted.append(r.json()["data"]["id"])
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    await patient.aclose()
+    await hasty.aclose()
+    return accepted, abandoned
+
+
+def test_requests_cancelled_mid_flight_lose_no_accepted_event(
+    env: dict[str, str], engine: Engine, procs_cleanup: list[Proc]
+) -> None:
+    api, base = start_api(env)
+    procs_cleanup.append(api)
+    key = _project_with_contact(env, base)
+    accepted, abandoned = asyncio.run(_send_many(base, key, 600))
+    assert abandoned > 0, "no request was cancelled: the test did not test anything"
+    procs_cleanup.append(start_worker(env))
+
+    def all_stored() -> bool:
+        with transaction(engine) as conn:
+            stored = set(conn.execute(select(events.c.id)).scalars())
+        return set(accepted) <= stored
+
+    wait_until(all_stored, 60, "every accepted event to be stored", step=0.3)
+    assert api.proc.poll() is None, api.output()
+    assert "Traceback" not in api.output(), api.output()

@@ -41,6 +41,9 @@ class ConfigCache:
         self._version: bytes | None = None
         self._loaded_at = 0.0
         self._task: asyncio.Task[None] | None = None
+        # One load at a time: an older load finishing after a newer one would put back a
+        # snapshot without the latest change (seen: a definition missing for ~0.5 s).
+        self._loading = asyncio.Lock()
 
     async def start(self) -> None:
         await self._check()
@@ -64,8 +67,9 @@ class ConfigCache:
 
     async def reload(self) -> None:
         """Load now (after a local change, so this process sees it before answering)."""
-        self._snapshot = await self._load()
-        self._loaded_at = time.monotonic()
+        async with self._loading:
+            self._snapshot = await self._load()
+            self._loaded_at = time.monotonic()
 
     async def _run(self) -> None:
         while True:

@@ -390,3 +390,23 @@ def test_backpressure_answers_503_past_the_limit_and_recovers_once_drained(
         time.sleep(0.3)  # the next poll of the backlog sees it drained
         r = c.post("/v1/events/send", json=SEED, headers=auth(project[1]))
         assert r.status_code == 202
+
+
+async def test_a_slow_older_reload_cannot_overwrite_a_newer_one() -> None:
+    import asyncio
+
+    from api.config_cache import ConfigCache
+    from shared.store import ConfigSnapshot
+
+    loads = 0
+
+    async def load() -> ConfigSnapshot:
+        nonlocal loads
+        loads += 1
+        mine = loads
+        await asyncio.sleep(0.05 if mine == 1 else 0)  # the first load is the slow one
+        return ConfigSnapshot({f"k{mine}": ("p", "h")}, {})
+
+    cache = ConfigCache(load, fakeredis.FakeAsyncRedis(), 10, 60)
+    await asyncio.gather(cache.reload(), cache.reload())
+    assert set(cache.snapshot.keys) == {"k2"}

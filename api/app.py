@@ -25,6 +25,7 @@ from api.http import error_response
 from shared import store
 from shared.db import make_engine, transaction
 from shared.errors import EventpipeError, NotFound
+from shared.logs import configure_logging
 from shared.queue import (
     JobWriter,
     connect_redis,
@@ -52,6 +53,7 @@ def create_app(
 ) -> Starlette:
     """The API. Tests may hand in Redis clients (fakeredis); otherwise REDIS_URL is used."""
     settings = settings or get_settings()
+    configure_logging(settings.log_level)
     app = Starlette(
         routes=ROUTES,
         lifespan=_lifespan,

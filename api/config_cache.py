@@ -70,6 +70,11 @@ class ConfigCache:
         async with self._loading:
             self._snapshot = await self._load()
             self._loaded_at = time.monotonic()
+        log.debug(
+            "config loaded: %d keys, %d definitions",
+            len(self._snapshot.keys),
+            len(self._snapshot.definitions),
+        )
 
     async def _run(self) -> None:
         while True:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,14 +15,14 @@ from typing import Any
 from shared import store
 from shared.db import make_engine, transaction
 from shared.errors import EventpipeError
+from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    configure_logging(settings.log_level)
     try:
         result: int = args.handler(args, settings)
         return result

@@ -16,6 +16,7 @@ from rq.serializers import JSONSerializer
 
 from shared.db import ping
 from shared.errors import StoreUnavailable
+from shared.logs import configure_logging
 from worker.context import get_context
 
 log = logging.getLogger("eventpipe.worker")
@@ -64,7 +65,7 @@ class EventWorker(SimpleWorker):
 def run_worker(burst: bool = False) -> bool:
     ctx = get_context()
     settings = ctx.settings
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    configure_logging(settings.log_level)
     worker = EventWorker(
         [ctx.queue],
         connection=ctx.redis,

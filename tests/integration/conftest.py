@@ -91,7 +91,7 @@ def service_env(database_url: str, redis_url: str, **extra: Any) -> dict[str, st
         DATABASE_URL=database_url,
         REDIS_URL=redis_url,
         CONFIG_POLL_SECONDS="0.2",
-        LOG_LEVEL="WARNING",
+        LOG_LEVEL=os.environ.get("TEST_LOG_LEVEL", "WARNING"),
         WORKER_MAINTENANCE_SECONDS="5",
     )
     env.update({k: str(v) for k, v in extra.items()})

@@ -157,14 +157,9 @@ def test_revoked_key_is_refused_within_a_second_by_every_api_process(
             == 201
         )
 
-        def accepted_everywhere() -> bool:
-            answers = [
-                http.post("/v1/events/send", json=SEED, headers=auth(key["apiKey"]))
-                for _ in range(20)
-            ]
-            return all(a.status_code == 202 for a in answers)
-
-        wait_until(accepted_everywhere, 5, "both API processes to know the new key and definition")
+        # Other API processes learn of the new key and definition within a second (the
+        # documented bound); one keep-alive connection would only ever reach one of them.
+        time.sleep(1.0)
         with ThreadPoolExecutor(8) as pool:
             answers = list(
                 pool.map(

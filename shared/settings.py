@@ -56,6 +56,8 @@ class Settings:
     redis_timeout_seconds: float = 5.0
     retry_after_seconds: int = 1
     worker_max_jobs: int = 0
+    # How many more queued jobs a running job takes along (worker.claim); 0 turns it off.
+    worker_claim_jobs: int = 50
     worker_maintenance_seconds: int = 30
     log_level: str = "INFO"
 
@@ -86,6 +88,7 @@ ENV_NAMES: dict[str, str] = {
     "REDIS_TIMEOUT_SECONDS": "redis_timeout_seconds",
     "RETRY_AFTER_SECONDS": "retry_after_seconds",
     "WORKER_MAX_JOBS": "worker_max_jobs",
+    "WORKER_CLAIM_JOBS": "worker_claim_jobs",
     "WORKER_MAINTENANCE_SECONDS": "worker_maintenance_seconds",
     "LOG_LEVEL": "log_level",
 }

@@ -9,6 +9,7 @@ from rq.job import JobStatus
 
 from shared.errors import EventpipeError
 from shared.queue import JOB_FUNC, PENDING_KEY, Event, job_options, make_payload, read_payload
+from worker.claim import claim_jobs, claimed_events, finish_claimed
 from worker.context import WorkerContext, get_context
 from worker.events import store_batch
 
@@ -21,21 +22,31 @@ def store_events(payload: dict[str, Any]) -> dict[str, int]:
     ctx = get_context()
     batch = read_payload(payload)
     replay = bool(payload.get("replay"))
+    job = get_current_job()
+    job_id = job.id if job is not None else ""
+    claimed = [] if replay or not job_id else claim_jobs(ctx, job_id)
+    batch += claimed_events(ctx, claimed)
     outcome = store_batch(ctx.engine, batch, replay=replay)
     if replay and outcome.failed:
-        _clear_pending(ctx, batch, [])
+        _finish(ctx, job_id, batch, [], claimed)
         _fail_current_job(outcome.failed[0][1])
-    _clear_pending(ctx, batch, outcome.failed)
-    return {"stored": len(outcome.stored), "failed": len(outcome.failed)}
+    _finish(ctx, job_id, batch, outcome.failed, claimed)
+    return {"stored": len(outcome.stored), "failed": len(outcome.failed), "jobs": 1 + len(claimed)}
 
 
-def _clear_pending(
-    ctx: WorkerContext, batch: list[Event], failed: list[tuple[Event, EventpipeError]]
+def _finish(
+    ctx: WorkerContext,
+    job_id: str,
+    batch: list[Event],
+    failed: list[tuple[Event, EventpipeError]],
+    claimed: list[str],
 ) -> None:
-    """Drop the pending marks and split each failed event out as a failed job of its own,
-    keyed by the event id, in one round trip: an operator can replay exactly that event."""
+    """In one round trip: drop the pending marks, split each failed event out as a failed
+    job of its own keyed by the event id (an operator can replay exactly that event), and
+    finish the claimed jobs."""
     with ctx.redis.pipeline(transaction=True) as pipe:
         pipe.hdel(PENDING_KEY, *[e["id"] for e in batch])
+        finish_claimed(ctx, pipe, job_id, claimed)
         for event, error in failed:
             _add_failed_job(ctx, event, error, pipe)
         pipe.execute()

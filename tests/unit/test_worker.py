@@ -55,7 +55,7 @@ def test_batch_resolves_by_email_and_contact_id_and_splits_out_the_unknown(
     unknown_id = an_event(pid, contactId="f" * 24)
     unknown_email = an_event(pid, email="nobody@example.com")
     batch = [by_email, by_id, unknown_id, unknown_email]
-    assert store_events(make_payload(batch)) == {"stored": 2, "failed": 2}
+    assert store_events(make_payload(batch)) == {"stored": 2, "failed": 2, "jobs": 1}
 
     with transaction(engine) as conn:
         rows = {r.id: r for r in conn.execute(select(events))}
@@ -79,7 +79,11 @@ def test_contacts_are_resolved_within_their_project_only(
 
     other_pid = make_project(engine, worker_ctx.redis, "other")[0]
     add_contact(engine, other_pid, "jane@example.com")
-    assert store_events(make_payload([an_event(project[0])])) == {"stored": 0, "failed": 1}
+    assert store_events(make_payload([an_event(project[0])])) == {
+        "stored": 0,
+        "failed": 1,
+        "jobs": 1,
+    }
 
 
 def test_running_the_same_job_twice_stores_once(
@@ -97,7 +101,7 @@ def test_version_1_payload_is_still_read(
 ) -> None:
     add_contact(engine, project[0], "jane@example.com")
     event = an_event(project[0], email="  JANE@example.com ")
-    assert store_events({"v": 1, "event": event}) == {"stored": 1, "failed": 0}
+    assert store_events({"v": 1, "event": event}) == {"stored": 1, "failed": 0, "jobs": 1}
 
 
 def test_replay_after_the_contact_exists_stores_and_clears_the_failure(
@@ -112,7 +116,7 @@ def test_replay_after_the_contact_exists_stores_and_clears_the_failure(
     with transaction(engine) as conn:
         assert conn.execute(select(failed_events.c.attempts)).scalar() == 2
     add_contact(engine, project[0], "jane@example.com")
-    assert store_events(*job.args) == {"stored": 1, "failed": 0}
+    assert store_events(*job.args) == {"stored": 1, "failed": 0, "jobs": 1}
     assert count(engine, events) == 1 and count(engine, failed_events) == 0
 
 
@@ -145,3 +149,73 @@ def test_worker_requeues_on_store_outage_instead_of_failing(
     assert calls == {"store": 2, "ping": 3}
     assert count(engine, events) == 1
     assert worker_ctx.queue.failed_job_registry.count == 0
+
+
+class _Running:
+    def __init__(self, job_id: str) -> None:
+        self.id = job_id
+
+
+def _enqueue_groups(ctx: WorkerContext, project_id: str, groups: int, size: int) -> list[str]:
+    writer = JobWriter(ctx.queue, ctx.settings)
+    return [
+        enqueue_events(writer, ctx.redis, [an_event(project_id) for _ in range(size)])
+        for _ in range(groups)
+    ]
+
+
+def test_a_job_takes_the_queued_group_jobs_along(
+    worker_ctx: WorkerContext, engine: Engine, project: tuple[str, str, str], monkeypatch: Any
+) -> None:
+    from worker.claim import claimed_key
+
+    add_contact(engine, project[0], "jane@example.com")
+    first, *others = _enqueue_groups(worker_ctx, project[0], groups=4, size=3)
+    job = worker_ctx.queue.fetch_job(first)
+    assert job is not None
+    worker_ctx.queue.remove(first)  # dequeued by the worker running it
+    monkeypatch.setattr("worker.jobs.get_current_job", lambda: _Running(first))
+    assert store_events(*job.args) == {"stored": 12, "failed": 0, "jobs": 4}
+    assert worker_ctx.queue.count == 0 and count(engine, events) == 12
+    for other in others:
+        claimed = worker_ctx.queue.fetch_job(other)
+        assert claimed is not None and claimed.get_status() == "finished"
+        ttl: Any = worker_ctx.redis.ttl(f"rq:job:{other}")
+        assert 0 < ttl <= worker_ctx.settings.result_ttl
+    assert not worker_ctx.redis.exists(claimed_key(first))
+    assert worker_ctx.redis.hlen(PENDING_KEY) == 0
+
+
+def test_claimed_jobs_survive_a_crash_of_the_claiming_job(
+    worker_ctx: WorkerContext, engine: Engine, project: tuple[str, str, str], monkeypatch: Any
+) -> None:
+    from worker.claim import claim_jobs
+
+    add_contact(engine, project[0], "jane@example.com")
+    first, *others = _enqueue_groups(worker_ctx, project[0], groups=3, size=2)
+    worker_ctx.queue.remove(first)
+    assert claim_jobs(worker_ctx, first) == others  # ...and the worker dies here
+    assert worker_ctx.queue.count == 0
+    job = worker_ctx.queue.fetch_job(first)
+    assert job is not None
+    monkeypatch.setattr("worker.jobs.get_current_job", lambda: _Running(first))
+    assert store_events(*job.args) == {"stored": 6, "failed": 0, "jobs": 3}  # RQ's retry
+
+
+def test_replays_are_not_claimed_and_the_claim_is_bounded(
+    worker_ctx: WorkerContext, engine: Engine, project: tuple[str, str, str], monkeypatch: Any
+) -> None:
+    from dataclasses import replace
+
+    from worker.claim import claim_jobs
+
+    ctx = replace(worker_ctx, settings=replace(worker_ctx.settings, worker_claim_jobs=2))
+    first, second, third, fourth = _enqueue_groups(ctx, project[0], groups=4, size=1)
+    ctx.queue.remove(first)
+    assert claim_jobs(ctx, first) == [second, third]  # bounded
+    assert ctx.queue.job_ids == [fourth]
+    # A failed event's own job (id = the event id) stops the claim: it keeps its own outcome.
+    failed = an_event(project[0])
+    store_events(make_payload([failed]))
+    ctx.queue.failed_job_registry.requeue(failed["id"], at_front=True)
+    assert claim_jobs(ctx, "g-other") == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 
 import httpx
 import redis
@@ -93,3 +94,34 @@ def test_requests_cancelled_mid_flight_lose_no_accepted_event(
     wait_until(all_stored, 60, "every accepted event to be stored", step=0.3)
     assert api.proc.poll() is None, api.output()
     assert "Traceback" not in api.output(), api.output()
+
+
+async def _send_then_sigterm(base: str, key: str, api: Proc, count: int) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=base, headers=auth(key), timeout=10) as client:
+        sends = [
+            asyncio.create_task(client.post("/v1/events/send", json=SEED)) for _ in range(count)
+        ]
+        await asyncio.sleep(0.05)  # some answered, some waiting on their group, some not sent
+        api.proc.send_signal(signal.SIGTERM)
+        done = await asyncio.gather(*sends, return_exceptions=True)
+    return [r for r in done if isinstance(r, httpx.Response)]
+
+
+def test_sigterm_answers_the_waiting_requests_and_every_202_is_in_redis(
+    env: dict[str, str], redis_client: redis.Redis, procs_cleanup: list[Proc]
+) -> None:
+    env = {**env, "LOG_LEVEL": "INFO"}  # uvicorn says at INFO that it shut down gracefully
+    api, base = start_api(env)
+    procs_cleanup.append(api)
+    key = _project_with_contact(env, base)
+    answers = asyncio.run(_send_then_sigterm(base, key, api, 300))
+    # uvicorn re-raises the signal once it has shut down gracefully: -15 is the clean exit.
+    assert api.proc.wait(30) in (0, -signal.SIGTERM), api.output()
+    assert "Application shutdown complete" in api.output()
+    assert {a.status_code for a in answers} <= {202, 503}, {a.text for a in answers}
+    accepted = [a.json()["data"]["id"] for a in answers if a.status_code == 202]
+    assert accepted, "SIGTERM came before any answer: the test tested nothing"
+    with redis_client.pipeline() as pipe:
+        for event_id in accepted:
+            pipe.hexists(PENDING_KEY, event_id)
+        assert all(pipe.execute())

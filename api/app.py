@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from api import routes
 from api.backlog import Backlog
-from api.committer import GroupCommitter
+from api.committer import GroupCommitter, Linger
 from api.config_cache import ConfigCache
 from api.http import error_response
 from shared import store
@@ -91,7 +91,11 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     )
     state.committer = GroupCommitter(
         lambda events: enqueue_events_async(state.writer, state.redis, events),
-        settings.group_linger_ms / 1000,
+        Linger(
+            settings.group_target_events,
+            settings.group_linger_ms / 1000,
+            settings.group_max_linger_ms / 1000,
+        ),
         settings.group_max_events,
         settings.group_max_bytes,
     )

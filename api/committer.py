@@ -1,10 +1,12 @@
 """Group commit: the events accepted by concurrent requests share one enqueue.
 
 Requests hand their event to `submit` and wait; the group is written as one RQ job, in one
-Redis round trip through redis.asyncio. A group goes when it is full, when the linger has
-passed, or, under load, as soon as the previous write returns: while one write is in flight
-the next group gathers, so groups grow with the load instead of with the linger (each job
-costs a fixed ~0.6 ms of RQ bookkeeping, here and in the worker). No
+Redis round trip through redis.asyncio. A group goes when it is full or when its linger has
+passed. The linger adapts to the arrival rate: it is the time the current rate needs to
+gather `target_events`, kept between `min_linger` (what a lone request waits, ~1 ms) and
+`max_linger`. Every job has a fixed cost (about 1 kB of Redis memory while queued, and RQ's
+bookkeeping), so a group of one or two events at a moderate rate would cost several times
+what the events themselves do; a few milliseconds of patience make that cost small. No
 thread is involved: a writer thread would fight the event loop for the GIL (each hand-over
 can cost the 5 ms switch interval), which measured at a third of the throughput. Every waiting
 request learns the outcome of its own group: an event is reported accepted only once it is in
@@ -15,22 +17,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shared.queue import Event
 
 
+class Linger:
+    """How long a new group waits for company, from the recent arrival rate."""
+
+    def __init__(self, target_events: int, min_seconds: float, max_seconds: float) -> None:
+        self._target = target_events
+        self._min = min_seconds
+        self._max = max(min_seconds, max_seconds)
+        self._rate = 0.0  # events/s, smoothed over the last few groups
+        self._since = time.monotonic()
+
+    def seconds(self) -> float:
+        if self._rate <= 0:
+            return self._min
+        return min(self._max, max(self._min, self._target / self._rate))
+
+    def observe(self, events: int) -> None:
+        now = time.monotonic()
+        elapsed = max(now - self._since, 1e-4)
+        self._since = now
+        self._rate = 0.7 * self._rate + 0.3 * (events / elapsed)
+
+
 class GroupCommitter:
     def __init__(
         self,
         write: Callable[[list[Event]], Awaitable[Any]],
-        linger_seconds: float,
+        linger: Linger,
         max_events: int,
         max_bytes: int,
     ) -> None:
         self._write = write
-        self._linger = linger_seconds
+        self._linger = linger
         self._max_events = max_events
         self._max_bytes = max_bytes
         self._events: list[Event] = []
@@ -38,7 +63,6 @@ class GroupCommitter:
         self._bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._writes: set[asyncio.Task[None]] = set()
-        self._writing = 0
 
     async def submit(self, event: Event, size: int) -> None:
         """Return once `event` is in Redis; raise (QueueUnavailable) if its group failed."""
@@ -50,8 +74,9 @@ class GroupCommitter:
         self._bytes += size
         if len(self._events) >= self._max_events or self._bytes >= self._max_bytes:
             self.flush()
-        elif self._timer is None and not self._writing:
-            self._timer = asyncio.get_running_loop().call_later(self._linger, self.flush)
+        elif self._timer is None:
+            wait = self._linger.seconds()
+            self._timer = asyncio.get_running_loop().call_later(wait, self.flush)
         # Shielded: the request may be cancelled, the write of its group goes on.
         await asyncio.shield(future)
 
@@ -63,16 +88,10 @@ class GroupCommitter:
             return
         events, futures = self._events, self._futures
         self._events, self._futures, self._bytes = [], [], 0
-        self._writing += 1
+        self._linger.observe(len(events))
         task = asyncio.get_running_loop().create_task(self._commit(events, futures))
         self._writes.add(task)
-        task.add_done_callback(self._written)
-
-    def _written(self, task: asyncio.Task[None]) -> None:
-        self._writes.discard(task)
-        self._writing -= 1
-        if not self._writing:
-            self.flush()  # what gathered during the write goes now
+        task.add_done_callback(self._writes.discard)
 
     async def _commit(self, events: list[Event], futures: list[asyncio.Future[None]]) -> None:
         try:

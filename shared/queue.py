@@ -144,6 +144,9 @@ class JobWriter:
         for per_job in ("data", "created_at", "enqueued_at"):
             shared.pop(per_job, None)
         shared["status"] = JobStatus.QUEUED.value
+        # RQ reads a missing field as an empty one (Job.restore uses .get); leaving the empty
+        # ones out saves ~40% of a small job's Redis memory.
+        shared = {k: v for k, v in shared.items() if v != ""}
         self._shared = shared
         self._job_prefix = queue.job_class.redis_job_namespace_prefix
         self._queue_key = queue.key

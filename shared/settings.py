@@ -38,6 +38,8 @@ class Settings:
     # Group commit: how long a lone accepted event waits for company before its enqueue, and
     # how big one job may grow.
     group_linger_ms: float = 1.0
+    group_max_linger_ms: float = 5.0
+    group_target_events: int = 32
     group_max_events: int = 500
     group_max_bytes: int = 512 * 1024
     # Backpressure: past this many queued events, sends answer 503 instead of filling Redis.
@@ -71,6 +73,8 @@ ENV_NAMES: dict[str, str] = {
     "EVENTPIPE_VAR_DIR": "var_dir",
     "EVENTPIPE_QUEUE": "queue_name",
     "GROUP_LINGER_MS": "group_linger_ms",
+    "GROUP_MAX_LINGER_MS": "group_max_linger_ms",
+    "GROUP_TARGET_EVENTS": "group_target_events",
     "GROUP_MAX_EVENTS": "group_max_events",
     "GROUP_MAX_BYTES": "group_max_bytes",
     "MAX_QUEUED_EVENTS": "max_queued_events",

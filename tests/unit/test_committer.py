@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 
-from api.committer import GroupCommitter
+from api.committer import GroupCommitter, Linger
 from shared.errors import QueueUnavailable
+
+
+def fixed(seconds: float) -> Linger:
+    return Linger(1, seconds, seconds)
 
 
 class Recorder:
@@ -26,7 +31,7 @@ class Recorder:
 
 async def test_concurrent_submits_are_grouped() -> None:
     write = Recorder(delay=0.005)
-    committer = GroupCommitter(write, 0.002, max_events=500, max_bytes=1 << 20)
+    committer = GroupCommitter(write, fixed(0.002), max_events=500, max_bytes=1 << 20)
     await asyncio.gather(*(committer.submit({"n": i}, 100) for i in range(300)))
     await committer.close()
     assert sorted(e["n"] for g in write.groups for e in g) == list(range(300))
@@ -35,7 +40,7 @@ async def test_concurrent_submits_are_grouped() -> None:
 
 async def test_groups_are_bounded_in_count_and_bytes() -> None:
     write = Recorder()
-    committer = GroupCommitter(write, 0.05, max_events=10, max_bytes=1000)
+    committer = GroupCommitter(write, fixed(0.05), max_events=10, max_bytes=1000)
     await asyncio.gather(*(committer.submit({"n": i}, 10) for i in range(35)))
     await asyncio.gather(*(committer.submit({"n": i}, 400) for i in range(6)))
     await committer.close()
@@ -44,7 +49,7 @@ async def test_groups_are_bounded_in_count_and_bytes() -> None:
 
 
 async def test_a_failed_write_fails_every_waiter_of_its_group() -> None:
-    committer = GroupCommitter(Recorder(fail=True), 0.001, 500, 1 << 20)
+    committer = GroupCommitter(Recorder(fail=True), fixed(0.001), 500, 1 << 20)
     results = await asyncio.gather(
         *(committer.submit({"n": i}, 10) for i in range(20)), return_exceptions=True
     )
@@ -54,7 +59,7 @@ async def test_a_failed_write_fails_every_waiter_of_its_group() -> None:
 
 async def test_a_cancelled_request_does_not_cancel_its_group() -> None:
     write = Recorder(delay=0.05)
-    committer = GroupCommitter(write, 0.001, 500, 1 << 20)
+    committer = GroupCommitter(write, fixed(0.001), 500, 1 << 20)
     waiters = [asyncio.create_task(committer.submit({"n": i}, 10)) for i in range(10)]
     await asyncio.sleep(0.01)  # the group is being written
     for task in waiters[:5]:
@@ -67,7 +72,7 @@ async def test_a_cancelled_request_does_not_cancel_its_group() -> None:
 
 async def test_close_flushes_what_is_gathered() -> None:
     write = Recorder()
-    committer = GroupCommitter(write, 10.0, 500, 1 << 20)
+    committer = GroupCommitter(write, fixed(10.0), 500, 1 << 20)
     waiter = asyncio.create_task(committer.submit({"n": 1}, 10))
     await asyncio.sleep(0.01)
     assert write.groups == []  # still lingering
@@ -79,7 +84,24 @@ async def test_close_flushes_what_is_gathered() -> None:
 @pytest.mark.parametrize("linger", [0.0, 0.001])
 async def test_a_lone_event_waits_about_the_linger(linger: float) -> None:
     write = Recorder()
-    committer = GroupCommitter(write, linger, 500, 1 << 20)
+    committer = GroupCommitter(write, fixed(linger), 500, 1 << 20)
     await asyncio.wait_for(committer.submit({"n": 1}, 10), timeout=1.0)
     await committer.close()
     assert write.groups == [[{"n": 1}]]
+
+
+def test_the_linger_follows_the_arrival_rate_within_its_bounds() -> None:
+    linger = Linger(target_events=32, min_seconds=0.001, max_seconds=0.005)
+    assert linger.seconds() == 0.001  # nothing seen yet: a lone request waits the minimum
+    for _ in range(20):  # about 1,000 events/s: 32 events would take 32 ms, so the maximum
+        time.sleep(0.002)
+        linger.observe(2)
+    assert linger.seconds() == 0.005
+    for _ in range(20):  # about 100,000 events/s: 32 events arrive well within the minimum
+        time.sleep(0.001)
+        linger.observe(100)
+    assert linger.seconds() == 0.001
+    for _ in range(20):  # about 10,000 events/s: 3.2 ms gathers 32
+        time.sleep(0.002)
+        linger.observe(20)
+    assert 0.0015 < linger.seconds() < 0.0045

@@ -4,12 +4,12 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed
 
-.PHONY: run test unit integration lint fmt clean
+.PHONY: run test unit integration lint fmt bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,embedded]'
+	$(BIN)/pip install --quiet -e '.[dev,embedded,bench]'
 	touch $(STAMP)
 
 # The whole pipeline: API on http://127.0.0.1:8000 and one worker, against DATABASE_URL and
@@ -32,6 +32,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# Figures, not a test: eventpipe against a bare Starlette ceiling and a one-job-per-event RQ
+# peer, under wrk, against BENCH_DATABASE_URL and BENCH_REDIS_URL (see bench/run.py).
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
 
 fmt: $(STAMP)
 	$(BIN)/ruff format .

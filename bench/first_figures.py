@@ -102,7 +102,7 @@ def run(url: str, args: argparse.Namespace) -> None:
         accepted = load(base, key, args)
     finally:
         api.stop()
-    queued = r.hlen(PENDING_KEY)
+    queued = int(r.hlen(PENDING_KEY))  # type: ignore[arg-type]
     stored_rate = drain(url, env, queued)
     print(f"\nmachine: {os.cpu_count()} cores; API uvicorn workers: {args.api_workers}")
     print("| figure | value |\n|---|---|")

@@ -7,13 +7,12 @@ enqueued since the last poll, so a burst between two polls cannot overshoot by m
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from api.poller import Poller
 from shared.errors import ServiceUnavailable
 from shared.queue import PENDING_KEY
 
@@ -24,19 +23,14 @@ class Backlog:
     def __init__(self, redis: aioredis.Redis, limit: int, poll_seconds: float) -> None:
         self._redis = redis
         self._limit = limit
-        self._poll = poll_seconds
         self._queued = 0
-        self._task: asyncio.Task[None] | None = None
+        self._poller = Poller("backlog", poll_seconds, self._read)
 
     async def start(self) -> None:
-        await self._read()
-        self._task = asyncio.create_task(self._run(), name="backlog")
+        await self._poller.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._poller.stop()
 
     def check(self) -> None:
         """Raise 503 while the backlog is at or over the limit."""
@@ -45,11 +39,6 @@ class Backlog:
 
     def added(self, count: int) -> None:
         self._queued += count
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._poll)
-            await self._read()
 
     async def _read(self) -> None:
         try:

@@ -9,7 +9,6 @@ across a reconnect.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from api.poller import Poller
 from shared.definitions import Definition
 from shared.errors import EventpipeError, ServiceUnavailable
 from shared.queue import CONFIG_VERSION_KEY
@@ -35,25 +35,20 @@ class ConfigCache:
     ) -> None:
         self._load = load
         self._redis = redis
-        self._poll = poll_seconds
         self._max_age = reload_seconds
         self._snapshot: ConfigSnapshot | None = None
         self._version: bytes | None = None
         self._loaded_at = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self._poller = Poller("config-cache", poll_seconds, self._check)
         # One load at a time: an older load finishing after a newer one would put back a
         # snapshot without the latest change (seen: a definition missing for ~0.5 s).
         self._loading = asyncio.Lock()
 
     async def start(self) -> None:
-        await self._check()
-        self._task = asyncio.create_task(self._run(), name="config-cache")
+        await self._poller.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._poller.stop()
 
     @property
     def snapshot(self) -> ConfigSnapshot:
@@ -75,11 +70,6 @@ class ConfigCache:
             len(self._snapshot.keys),
             len(self._snapshot.definitions),
         )
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._poll)
-            await self._check()
 
     async def _check(self) -> None:
         try:

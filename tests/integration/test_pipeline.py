@@ -13,6 +13,7 @@ from sqlalchemy import Engine, func, select
 
 from shared.clock import iso_ms, parse_iso_ms, utcnow
 from shared.db import transaction
+from shared.devseed import DEV_DEFINITION, SEED_EVENT
 from shared.ids import new_id
 from shared.models import contacts, events, failed_events
 from shared.queue import JobWriter, add_job, enqueue_events, make_payload, make_queue
@@ -20,19 +21,9 @@ from shared.settings import Settings
 from shared.store import create_project, upsert_contact
 from tests.integration.services import Proc, run_cli, start_api, start_worker, wait_until
 
-SEED_DEFINITION = {
-    "eventName": "order_completed",
-    "properties": [
-        {"propertyName": "order_total", "type": "number"},
-        {"propertyName": "currency", "type": "string"},
-        {"propertyName": "is_first_purchase", "type": "boolean"},
-    ],
-}
-SEED: dict[str, Any] = {
-    "eventName": "order_completed",
-    "email": "jane@example.com",
-    "eventProperties": {"order_total": 129.99, "currency": "USD", "is_first_purchase": True},
-}
+# The seed's definition and request: the same ones `eventpipe run` sets up for newcomers.
+SEED_DEFINITION: dict[str, Any] = DEV_DEFINITION
+SEED: dict[str, Any] = SEED_EVENT
 
 
 def auth(key: str) -> dict[str, str]:

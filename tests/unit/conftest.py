@@ -14,20 +14,18 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from shared.db import make_engine, transaction
+from shared.devseed import DEV_DEFINITION
 from shared.models import metadata
 from shared.queue import bump_config_version, make_queue
 from shared.settings import Settings
 from shared.store import create_project
 from worker import context as worker_context
 
+# The seed's definition, plus a date property so every type is exercised.
 SEED_DEFINITION = {
-    "eventName": "order_completed",
-    "properties": [
-        {"propertyName": "order_total", "type": "number"},
-        {"propertyName": "currency", "type": "string"},
-        {"propertyName": "is_first_purchase", "type": "boolean"},
-        {"propertyName": "placed_at", "type": "date"},
-    ],
+    **DEV_DEFINITION,
+    "description": None,
+    "properties": [*DEV_DEFINITION["properties"], {"propertyName": "placed_at", "type": "date"}],
 }
 
 

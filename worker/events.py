@@ -41,7 +41,7 @@ def store_batch(engine: Engine, batch: Sequence[Event], *, replay: bool = False)
                 outcome.failed.append((event, errors.contact_not_found_for_event()))
             else:
                 outcome.stored.append(event)
-                rows.append(_event_row(event, contact_id, now))
+                rows.append(event_row(event, contact_id, now))
         insert_ignoring_duplicates(conn, events, rows)
         record_failures(
             conn, failed_events, [_failure_row(e, err, now) for e, err in outcome.failed]
@@ -93,7 +93,7 @@ def _email(event: Event) -> str:
     return str(event["email"]).strip().lower()
 
 
-def _event_row(event: Event, contact_id: str, now: Any) -> dict[str, Any]:
+def event_row(event: Event, contact_id: str, now: Any) -> dict[str, Any]:
     return {
         "id": event["id"],
         "project_id": event["projectId"],

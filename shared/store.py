@@ -4,6 +4,7 @@ the caller owns the transaction (shared.db.transaction)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
@@ -119,12 +120,7 @@ def create_definition(project_id: str, spec: DefinitionSpec, *, conn: Connection
             conn.execute(insert(event_definitions).values(**row))
     except IntegrityError as exc:  # a concurrent create of the same name won the race
         raise event_already_exists() from exc
-    return Definition.from_row(_Row(row))
-
-
-class _Row:
-    def __init__(self, values: dict[str, Any]) -> None:
-        self.__dict__.update(values)
+    return Definition.from_row(SimpleNamespace(**row))
 
 
 def event_already_exists() -> EventpipeError:

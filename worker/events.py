@@ -30,7 +30,7 @@ def store_batch(engine: Engine, batch: Sequence[Event], *, replay: bool = False)
     outcome = BatchOutcome()
     # An event can come twice in one batch (a job and a copy of it claimed together); one
     # statement must not touch a row twice.
-    batch = list({e["id"]: e for e in reversed(batch)}.values())[::-1]
+    batch = list({e["id"]: e for e in batch}.values())
     with transaction(engine) as conn:
         resolved = resolve_contacts(batch, conn=conn)
         now = utcnow()

@@ -82,6 +82,12 @@ def run_cli(env: dict[str, str], *args: str) -> str:
 def start_api(env: dict[str, str], workers: int = 1) -> tuple[Proc, str]:
     port = free_port()
     proc = Proc(eventpipe("serve", "--port", str(port), "--workers", str(workers)), env, "api")
+    return proc, wait_for_api(proc, port)
+
+
+def wait_for_api(proc: Proc, port: int) -> str:
+    """The base URL, once the API on `port` answers (an unknown path: 404); fails if `proc`
+    exits first."""
     base = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
@@ -92,7 +98,7 @@ def start_api(env: dict[str, str], workers: int = 1) -> tuple[Proc, str]:
             return False
 
     wait_until(ready, 30, "the API to answer")
-    return proc, base
+    return base
 
 
 def start_worker(env: dict[str, str], *args: str) -> Proc:

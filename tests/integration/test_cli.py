@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 
-import httpx
 import psutil
 import redis
 from sqlalchemy import Engine
@@ -20,6 +19,7 @@ from tests.integration.services import (
     eventpipe,
     free_port,
     run_cli,
+    wait_for_api,
     wait_until,
 )
 from tests.integration.test_pipeline import _event, _seed_store, count
@@ -71,15 +71,7 @@ def test_run_starts_the_pipeline_and_ctrl_c_stops_every_process(env: dict[str, s
     port = free_port()
     proc = Proc(eventpipe("run", "--port", str(port), "--processes", "2"), env, "run")
     try:
-
-        def up() -> bool:
-            assert proc.proc.poll() is None, proc.output()
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/v1/x", timeout=0.5).status_code == 404
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, 30, "eventpipe run to serve")
+        wait_for_api(proc, port)
         # The supervisor plus its two worker processes: wait until all three are up.
         wait_until(
             lambda: len(psutil.Process(proc.proc.pid).children(recursive=True)) >= 4,

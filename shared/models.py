@@ -111,6 +111,8 @@ events = Table(
     _ts("created_at"),
     _ts("stored_at"),
     Index("ix_events_project_contact_seq", "project_id", "contact_id", "seq"),
+    # GET /v1/contacts/{id}/events?eventName=...: a rare name must not mean reading them all.
+    Index("ix_events_project_contact_name_seq", "project_id", "contact_id", "event_name", "seq"),
 )
 
 failed_events = Table(

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from api import routes
+from api import contacts, definitions, openapi, routes
 from api.backlog import Backlog
 from api.committer import GroupCommitter, Linger
 from api.config_cache import ConfigCache
@@ -41,9 +41,10 @@ log = logging.getLogger("eventpipe.api")
 SEND_PATH = "/v1/events/send"
 ROUTES = [
     Route(SEND_PATH, routes.send_event, methods=["POST"]),
-    Route("/v1/events", routes.create_definition, methods=["POST"]),
+    *definitions.ROUTES,
     Route("/v1/events/{event_id}", routes.get_event, methods=["GET"]),
-    Route("/v1/contacts/email", routes.upsert_contact, methods=["POST"]),
+    *contacts.ROUTES,
+    *openapi.ROUTES,
 ]
 
 

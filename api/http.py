@@ -23,6 +23,14 @@ def ok(data: Any, status: int = 200) -> JsonResponse:
     return JsonResponse({"success": True, "data": data}, status_code=status)
 
 
+def done(message: str | None = None) -> JsonResponse:
+    """The contract's answer to a delete: `{"success": true, "message": ...}`, no `data`."""
+    body: dict[str, Any] = {"success": True}
+    if message is not None:
+        body["message"] = message
+    return JsonResponse(body)
+
+
 def error_response(exc: EventpipeError, retry_after: int) -> JsonResponse:
     headers = {"Retry-After": str(retry_after)} if exc.status == 503 else None
     return JsonResponse(exc.to_body(), status_code=exc.status, headers=headers)

@@ -10,20 +10,19 @@ import anyio.to_thread
 from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from sqlalchemy import Connection
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api.auth import authenticate
 from api.http import ok, parse_json, read_body
 from shared import store
-from shared.contacts import check_contact_changes, check_email
 from shared.db import transaction
-from shared.definitions import check_definition
 from shared.errors import NotFound, QueueUnavailable, ValidationFailed
 from shared.ids import is_id
 from shared.queue import CONFIG_VERSION_KEY, PENDING_KEY, read_payload
 from shared.schema import check_send
-from shared.settings import MAX_BODY_BYTES, MAX_SEND_BODY_BYTES
+from shared.settings import MAX_SEND_BODY_BYTES
 
 log = logging.getLogger("eventpipe.api")
 T = TypeVar("T")
@@ -34,6 +33,18 @@ async def in_db_thread(request: Request, fn: Callable[[], T]) -> T:
     return await anyio.to_thread.run_sync(fn, limiter=request.app.state.db_limiter)
 
 
+async def in_transaction(request: Request, fn: Callable[[Connection], T]) -> T:
+    """`fn` in one store transaction, on the bounded pool: the management endpoints' only way
+    to the store, so the send path (which never touches it) cannot queue behind them."""
+    engine = request.app.state.engine
+
+    def run() -> T:
+        with transaction(engine) as conn:
+            return fn(conn)
+
+    return await in_db_thread(request, run)
+
+
 async def read_authenticated(request: Request, limit: int) -> tuple[str, Any]:
     """The contract's order for every body: size (413), then the key (401), then JSON (400)."""
     raw = await read_body(request, limit)
@@ -41,7 +52,7 @@ async def read_authenticated(request: Request, limit: int) -> tuple[str, Any]:
     return project_id, parse_json(raw)
 
 
-def _object(body: Any) -> dict[str, Any]:
+def json_object(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ValidationFailed("Request body must be a JSON object")
     return body
@@ -111,21 +122,7 @@ def _queued_event(request: Request, project_id: str, event_id: str) -> dict[str,
     return None
 
 
-# --- POST /v1/events (definitions) -----------------------------------------------------
-
-
-async def create_definition(request: Request) -> Response:
-    state = request.app.state
-    project_id, body = await read_authenticated(request, MAX_BODY_BYTES)
-    spec = check_definition(_object(body))
-
-    def create() -> Any:
-        with transaction(state.engine) as conn:
-            return store.create_definition(project_id, spec, conn=conn)
-
-    definition = await in_db_thread(request, create)
-    await announce_config_change(request)
-    return ok(store.definition_json(definition), 201)
+# --- shared by the management endpoints ------------------------------------------------
 
 
 async def announce_config_change(request: Request) -> None:
@@ -138,20 +135,3 @@ async def announce_config_change(request: Request) -> None:
             "could not bump the config version; other processes reload within CONFIG_RELOAD_SECONDS"
         )
     await state.cache.reload()
-
-
-# --- POST /v1/contacts/email -----------------------------------------------------------
-
-
-async def upsert_contact(request: Request) -> Response:
-    state = request.app.state
-    project_id, raw = await read_authenticated(request, MAX_BODY_BYTES)
-    body = _object(raw)
-    email = check_email(body.get("email"))
-    changes = check_contact_changes(body)
-
-    def upsert() -> dict[str, Any]:
-        with transaction(state.engine) as conn:
-            return store.contact_json(store.upsert_contact(project_id, email, changes, conn=conn))
-
-    return ok(await in_db_thread(request, upsert))

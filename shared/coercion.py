@@ -196,6 +196,11 @@ def _to_boolean(value: object) -> bool:
 # --- date -----------------------------------------------------------------------------
 
 
+def parse_date(text: str) -> datetime:
+    """An RFC 3339 date or date-time, as the `date` type reads it, in UTC."""
+    return _parse_date_text(_trimmed(text, "date"))
+
+
 def _to_date(value: object) -> str:
     if isinstance(value, str):
         moment = _parse_date_text(_trimmed(value, "date"))

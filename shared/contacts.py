@@ -10,6 +10,8 @@ from shared.errors import ValidationFailed
 TEXT_FIELDS = {"firstName": "first_name", "lastName": "last_name", "userId": "user_id"}
 MAX_TEXT = 200
 MAX_CUSTOM_FIELDS = 100
+MAX_EMAILS = 1000  # POST /v1/contacts/search/emails and /remove
+MAX_BULK_CONTACTS = 100  # POST /v1/contacts/bulk-update
 
 
 def _fail(field: str, message: str) -> ValidationFailed:
@@ -55,3 +57,36 @@ def _check_custom_fields(value: Any) -> dict[str, Any]:
                 f"customFields.{key}", "custom field values must be strings, numbers or booleans"
             )
     return dict(value)
+
+
+def check_email_list(body: dict[str, Any]) -> list[str]:
+    """`emails`: 1..1000 addresses, each checked and normalised as on the send path."""
+    value = body.get("emails")
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_EMAILS:
+        raise _fail("emails", f"emails must be an array of 1..{MAX_EMAILS} email addresses")
+    details: list[dict[str, str]] = []
+    emails: list[str] = []
+    for index, item in enumerate(value):
+        try:
+            emails.append(check_email(item))
+        except ValidationFailed:
+            details.append({"field": f"emails[{index}]", "message": "must be a valid email"})
+    if details:
+        raise ValidationFailed("Validation failed", details=details)
+    return list(dict.fromkeys(emails))
+
+
+def check_bulk_contacts(body: dict[str, Any]) -> list[Any]:
+    """`contacts`: 1..100 items; each item is checked on its own by the caller, so one bad
+    item does not refuse the others."""
+    value = body.get("contacts")
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_BULK_CONTACTS:
+        raise _fail("contacts", f"contacts must be an array of 1..{MAX_BULK_CONTACTS} contacts")
+    return value
+
+
+def check_contact(item: Any) -> tuple[str, dict[str, Any]]:
+    """(normalised email, column changes) of one contact body."""
+    if not isinstance(item, dict):
+        raise ValidationFailed("Each contact must be a JSON object")
+    return check_email(item.get("email")), check_contact_changes(item)

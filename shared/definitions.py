@@ -75,6 +75,27 @@ def check_definition(body: dict[str, Any]) -> DefinitionSpec:
     return DefinitionSpec(name, description, properties)
 
 
+def check_definition_patch(event_name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The columns a PATCH sets: `description` (null clears it) and `properties` (a given
+    list replaces the whole schema). A definition is never renamed."""
+    renamed = body.get("eventName")
+    if renamed is not None and renamed != event_name:
+        raise _failed("eventName", "eventName cannot be changed")
+    changes: dict[str, Any] = {}
+    if "description" in body:
+        changes["description"] = _check_description(body["description"], "description")
+    if body.get("properties") is not None:
+        details: list[dict[str, str]] = []
+        changes["properties"] = _check_properties(body["properties"], details)
+        if details:
+            raise ValidationFailed("Validation failed", details=details)
+    if not changes:
+        raise ValidationFailed(
+            "Provide description or properties to update", code="NO_DATA_TO_UPDATE"
+        )
+    return changes
+
+
 def _failed(field_name: str, message: str) -> EventpipeError:
     return ValidationFailed(message, details=[{"field": field_name, "message": message}])
 

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from shared import errors
 from shared.clock import aware, iso_ms, utcnow
 from shared.definitions import Definition, DefinitionSpec
 from shared.errors import Conflict, EventpipeError, NotFound
+from shared.eventlog import stored_json
 from shared.ids import new_id
 from shared.keys import NewKey, generate_key
 from shared.models import api_keys, contacts, event_definitions, events, failed_events, projects
@@ -127,6 +128,59 @@ def event_already_exists() -> EventpipeError:
     return Conflict("Event already exists", code="EVENT_ALREADY_EXISTS")
 
 
+def _active_definition(project_id: str, event_name: str) -> Any:
+    return (
+        event_definitions.c.project_id == project_id,
+        event_definitions.c.event_name == event_name,
+        event_definitions.c.deleted_at.is_(None),
+    )
+
+
+def list_definitions(project_id: str, *, conn: Connection) -> list[Definition]:
+    rows = conn.execute(
+        select(event_definitions)
+        .where(
+            event_definitions.c.project_id == project_id, event_definitions.c.deleted_at.is_(None)
+        )
+        .order_by(event_definitions.c.created_at.desc(), event_definitions.c.id.desc())
+    )
+    return [Definition.from_row(r) for r in rows]
+
+
+def get_definition(project_id: str, event_name: str, *, conn: Connection) -> Definition:
+    row = conn.execute(
+        select(event_definitions).where(*_active_definition(project_id, event_name))
+    ).first()
+    if row is None:
+        raise errors.event_not_found()
+    return Definition.from_row(row)
+
+
+def update_definition(
+    project_id: str, event_name: str, changes: dict[str, Any], *, conn: Connection
+) -> Definition:
+    result = conn.execute(
+        update(event_definitions)
+        .where(*_active_definition(project_id, event_name))
+        .values(**changes, updated_at=utcnow())
+    )
+    if result.rowcount == 0:
+        raise errors.event_not_found()
+    return get_definition(project_id, event_name, conn=conn)
+
+
+def delete_definition(project_id: str, event_name: str, *, conn: Connection) -> None:
+    """Soft delete: stored events keep their name; the name is free to be created again."""
+    now = utcnow()
+    result = conn.execute(
+        update(event_definitions)
+        .where(*_active_definition(project_id, event_name))
+        .values(deleted_at=now, updated_at=now)
+    )
+    if result.rowcount == 0:
+        raise errors.event_not_found()
+
+
 def definition_json(d: Definition) -> dict[str, Any]:
     return {
         "id": d.id,
@@ -181,6 +235,73 @@ def upsert_contact(
     return get_contact_row(project_id, email, conn=conn)
 
 
+def create_contact(
+    project_id: str, email: str, changes: dict[str, Any], *, conn: Connection
+) -> Any:
+    now = utcnow()
+    row = {
+        "id": new_id(),
+        "project_id": project_id,
+        "email": email,
+        "custom_fields": {},
+        **changes,
+        "created_at": now,
+        "updated_at": now,
+    }
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(contacts).values(**row))
+    except IntegrityError as exc:  # the unique (project, email) index, also under a race
+        raise Conflict("Contact already exists", code="CONTACT_ALREADY_EXISTS") from exc
+    return get_contact_row(project_id, email, conn=conn)
+
+
+def get_contact(project_id: str, contact_id: str, *, conn: Connection) -> Any:
+    row = conn.execute(
+        select(contacts).where(contacts.c.project_id == project_id, contacts.c.id == contact_id)
+    ).first()
+    if row is None:
+        raise errors.contact_not_found()
+    return row
+
+
+def find_contacts_by_email(project_id: str, emails: list[str], *, conn: Connection) -> list[Any]:
+    """The contacts of these (normalised) emails, in the order asked; unknown ones left out."""
+    rows = conn.execute(
+        select(contacts).where(contacts.c.project_id == project_id, contacts.c.email.in_(emails))
+    ).all()
+    by_email = {r.email: r for r in rows}
+    return [by_email[e] for e in emails if e in by_email]
+
+
+def delete_contacts(project_id: str, condition: Any, *, conn: Connection) -> int:
+    """Delete the project's contacts matching `condition`, with their stored events and the
+    failed events that name them: a deleted contact is forgotten, not orphaned."""
+    doomed = conn.execute(
+        select(contacts.c.id, contacts.c.email).where(
+            contacts.c.project_id == project_id, condition
+        )
+    ).all()
+    if not doomed:
+        return 0
+    ids = [r.id for r in doomed]
+    emails = [r.email for r in doomed]
+    conn.execute(
+        delete(events).where(events.c.project_id == project_id, events.c.contact_id.in_(ids))
+    )
+    conn.execute(
+        delete(failed_events).where(
+            failed_events.c.project_id == project_id,
+            or_(
+                failed_events.c.payload["contactId"].as_string().in_(ids),
+                failed_events.c.payload["email"].as_string().in_(emails),
+            ),
+        )
+    )
+    conn.execute(delete(contacts).where(contacts.c.id.in_(ids)))
+    return len(ids)
+
+
 def contact_json(row: Any) -> dict[str, Any]:
     return {
         "id": row.id,
@@ -204,14 +325,7 @@ def find_outcome(project_id: str, event_id: str, *, conn: Connection) -> dict[st
         select(events).where(events.c.id == event_id, events.c.project_id == project_id)
     ).first()
     if row is not None:
-        return {
-            "id": row.id,
-            "eventName": row.event_name,
-            "contactId": row.contact_id,
-            "properties": row.properties,
-            "createdAt": iso_ms(aware(row.created_at)),
-            "status": "stored",
-        }
+        return stored_json(row)
     failed = conn.execute(
         select(failed_events).where(
             failed_events.c.id == event_id, failed_events.c.project_id == project_id

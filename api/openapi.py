@@ -1,0 +1,759 @@
+"""The published OpenAPI 3.1 document (/openapi.json) and the page that renders it (/docs).
+
+Written by hand, next to the code it describes, and held to it by tests: every route of the
+app is documented, every example is valid against its schema, and generated requests from
+this document (schemathesis) get answers that conform to it. Swagger UI's files come from the
+`swagger-ui-py` package and are served from here: /docs needs no outside network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from api.http import JsonResponse
+from shared.contacts import MAX_BULK_CONTACTS, MAX_EMAILS
+from shared.definitions import MAX_NAME_LENGTH
+from shared.eventlog import DEFAULT_LIMIT, MAX_LIMIT
+from shared.settings import (
+    MAX_BODY_BYTES,
+    MAX_DEFINITIONS_PER_PROJECT,
+    MAX_PROPERTIES_PER_DEFINITION,
+    MAX_SEND_BODY_BYTES,
+)
+
+Schema = dict[str, Any]
+
+EXAMPLE_ID = "60d5ec49f1b2c72d9c8b9999"
+CONTACT_ID = "60d5ec49f1b2c72d9c8b1234"
+PROJECT_ID = "60d5ec49f1b2c72d9c8b0001"
+WHEN = "2026-05-08T13:45:00.000Z"
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(properties: dict[str, Schema], required: list[str] | None = None) -> Schema:
+    schema: Schema = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+ID: Schema = {"type": "string", "pattern": "^[0-9a-f]{24}$", "examples": [EXAMPLE_ID]}
+TIMESTAMP: Schema = {"type": "string", "format": "date-time", "examples": [WHEN]}
+EVENT_NAME: Schema = {
+    "type": "string",
+    "pattern": "^[A-Za-z0-9_]+$",
+    "maxLength": MAX_NAME_LENGTH,
+}
+SCALAR: Schema = {"type": ["string", "number", "boolean"]}
+NULLABLE_TEXT: Schema = {"type": ["string", "null"]}
+
+PROPERTY = _obj(
+    {
+        "propertyName": EVENT_NAME,
+        "type": {"enum": ["string", "number", "date", "boolean"]},
+        "description": NULLABLE_TEXT,
+        "suggestedValues": {"type": "array", "items": {"type": ["string", "number", "boolean"]}},
+    },
+    ["propertyName", "type", "description", "suggestedValues"],
+)
+PROPERTY_INPUT = _obj(
+    {
+        "propertyName": {"type": "string"},
+        "type": {"type": "string"},
+        "description": NULLABLE_TEXT,
+        "suggestedValues": {
+            "description": "An array, or a comma-separated string; each value is trimmed and "
+            "coerced to the declared type.",
+            "type": ["array", "string", "null"],
+        },
+    },
+    ["propertyName", "type"],
+)
+DEFINITION = _obj(
+    {
+        "id": ID,
+        "eventName": EVENT_NAME,
+        "description": NULLABLE_TEXT,
+        "properties": {"type": "array", "items": ref("Property")},
+        "projectId": ID,
+        "createdAt": TIMESTAMP,
+        "updatedAt": TIMESTAMP,
+    },
+    ["id", "eventName", "description", "properties", "projectId", "createdAt", "updatedAt"],
+)
+DEFINITION_EXAMPLE = {
+    "id": EXAMPLE_ID,
+    "eventName": "order_completed",
+    "description": "A customer completed an order",
+    "properties": [
+        {
+            "propertyName": "order_total",
+            "type": "number",
+            "description": None,
+            "suggestedValues": [],
+        },
+        {
+            "propertyName": "currency",
+            "type": "string",
+            "description": None,
+            "suggestedValues": ["USD", "EUR"],
+        },
+    ],
+    "projectId": PROJECT_ID,
+    "createdAt": WHEN,
+    "updatedAt": WHEN,
+}
+DEFINITION_INPUT_EXAMPLE = {
+    "eventName": "order_completed",
+    "description": "A customer completed an order",
+    "properties": [
+        {"propertyName": "order_total", "type": "number"},
+        {"propertyName": "currency", "type": "string", "suggestedValues": "USD, EUR"},
+    ],
+}
+EVENT = _obj(
+    {
+        "id": ID,
+        "eventName": {"type": "string"},
+        "contactId": {"type": ["string", "null"]},
+        "properties": {
+            "type": "object",
+            "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+        },
+        "createdAt": TIMESTAMP,
+        "status": {"enum": ["queued", "stored", "failed"]},
+        "error": _obj({"code": {"type": "string"}, "message": {"type": "string"}}),
+    },
+    ["id", "eventName", "contactId", "properties", "createdAt", "status"],
+)
+STORED_EXAMPLE = {
+    "id": EXAMPLE_ID,
+    "eventName": "order_completed",
+    "contactId": CONTACT_ID,
+    "properties": {"order_total": 129.99, "currency": "USD", "is_first_purchase": True},
+    "createdAt": WHEN,
+    "status": "stored",
+}
+SEND_EXAMPLE = {
+    "eventName": "order_completed",
+    "email": "jane@example.com",
+    "eventProperties": {"order_total": "129.99", "currency": "USD", "is_first_purchase": True},
+}
+CONTACT = _obj(
+    {
+        "id": ID,
+        "email": {"type": "string", "format": "email"},
+        "firstName": NULLABLE_TEXT,
+        "lastName": NULLABLE_TEXT,
+        "userId": NULLABLE_TEXT,
+        "customFields": {"type": "object", "additionalProperties": SCALAR},
+        "projectId": ID,
+        "createdAt": TIMESTAMP,
+        "updatedAt": TIMESTAMP,
+    },
+    [
+        "id",
+        "email",
+        "firstName",
+        "lastName",
+        "userId",
+        "customFields",
+        "projectId",
+        "createdAt",
+        "updatedAt",
+    ],
+)
+CONTACT_EXAMPLE = {
+    "id": CONTACT_ID,
+    "email": "jane@example.com",
+    "firstName": "Jane",
+    "lastName": "Doe",
+    "userId": "user_42",
+    "customFields": {"plan": "pro", "seats": 3},
+    "projectId": PROJECT_ID,
+    "createdAt": WHEN,
+    "updatedAt": WHEN,
+}
+CONTACT_INPUT = _obj(
+    {
+        "email": {"type": "string"},
+        "firstName": NULLABLE_TEXT,
+        "lastName": NULLABLE_TEXT,
+        "userId": NULLABLE_TEXT,
+        "customFields": {"type": ["object", "null"], "additionalProperties": SCALAR},
+    },
+    ["email"],
+)
+CONTACT_INPUT_EXAMPLE = {
+    "email": "Jane@Example.com",
+    "firstName": "Jane",
+    "lastName": "Doe",
+    "userId": "user_42",
+    "customFields": {"plan": "pro", "seats": 3},
+}
+EMAILS = _obj(
+    {
+        "emails": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_EMAILS,
+            "items": {"type": "string"},
+        }
+    },
+    ["emails"],
+)
+ERROR = _obj(
+    {
+        "success": {"const": False},
+        "error": _obj(
+            {
+                "message": {"type": "string"},
+                "code": {"type": "string", "pattern": "^[A-Z_]+$"},
+                "details": {
+                    "type": "array",
+                    "items": _obj(
+                        {"field": {"type": "string"}, "message": {"type": "string"}},
+                        ["field", "message"],
+                    ),
+                },
+            },
+            ["message", "code"],
+        ),
+    },
+    ["success", "error"],
+)
+
+SCHEMAS: dict[str, Schema] = {
+    "Error": ERROR,
+    "Property": PROPERTY,
+    "PropertyInput": PROPERTY_INPUT,
+    "Definition": DEFINITION,
+    "Event": EVENT,
+    "Contact": CONTACT,
+    "ContactInput": CONTACT_INPUT,
+    "Emails": EMAILS,
+}
+
+# --- responses ---------------------------------------------------------------------------
+
+# The message each error code is documented with (the example of its response).
+MESSAGES = {
+    "VALIDATION_FAILED": "Request body must be valid JSON",
+    "UNAUTHORIZED": "Missing, invalid or revoked API key",
+    "PAYLOAD_TOO_LARGE": f"Request body is larger than {MAX_BODY_BYTES} bytes",
+    "SERVICE_UNAVAILABLE": "The database is unavailable, retry later",
+    "INTERNAL_SERVER_ERROR": "Internal server error",
+    "EVENT_NOT_FOUND": "Event not found",
+    "NOT_FOUND": "Event not found",
+    "EVENT_ALREADY_EXISTS": "Event already exists",
+    "INVALID_EVENT_NAME_CHARACTERS": "Event name may contain only letters, digits and underscores",
+    "MAX_EVENTS_REACHED": (
+        f"Maximum number of events ({MAX_DEFINITIONS_PER_PROJECT}) reached for this project."
+    ),
+    "NO_DATA_TO_UPDATE": "Provide description or properties to update",
+    "EMAIL_OR_CONTACT_ID_REQUIRED": "Either email or contactId is required",
+    "UNKNOWN_PROPERTY": 'Property "foo" is not declared on event "order_completed"',
+    "INVALID_PROPERTY_VALUE": 'Property "order_total" must be a number',
+    "CONTACT_NOT_FOUND": "Contact not found",
+    "CONTACT_ALREADY_EXISTS": "Contact already exists",
+}
+STATUS_TEXT = {
+    400: "Bad request",
+    401: "Missing, malformed, unknown or revoked API key",
+    404: "Not found",
+    409: "Conflict",
+    413: "Body over its size limit (checked while reading, after gzip inflation)",
+    500: "Unexpected failure (a bug, never bad input)",
+    503: "Redis or the store is unreachable, or the backlog is over its limit",
+}
+
+
+def error_response(status: int, *codes: str) -> Schema:
+    """A response in the error envelope, listing the codes it may carry."""
+    schema = {
+        "allOf": [
+            ref("Error"),
+            {"properties": {"error": {"properties": {"code": {"enum": list(codes)}}}}},
+        ]
+    }
+    examples = {
+        code: {"value": {"success": False, "error": {"message": MESSAGES[code], "code": code}}}
+        for code in codes
+    }
+    response: Schema = {
+        "description": f"{STATUS_TEXT[status]}: {', '.join(codes)}",
+        "content": {"application/json": {"schema": schema, "examples": examples}},
+    }
+    if status == 503:
+        response["headers"] = {
+            "Retry-After": {
+                "description": "Seconds to wait before trying again",
+                "schema": {"type": "integer"},
+            }
+        }
+    return response
+
+
+def success(status: int, description: str, data: Schema, example: Any) -> Schema:
+    schema = _obj({"success": {"const": True}, "data": data}, ["success", "data"])
+    return {
+        "description": description,
+        "content": {
+            "application/json": {
+                "schema": schema,
+                "example": {"success": True, "data": example},
+            }
+        },
+    }
+
+
+def deleted(message: str | None) -> Schema:
+    props: dict[str, Schema] = {"success": {"const": True}}
+    example: dict[str, Any] = {"success": True}
+    if message is not None:
+        props["message"] = {"type": "string"}
+        example["message"] = message
+    return {
+        "description": "Done",
+        "content": {"application/json": {"schema": _obj(props, list(props)), "example": example}},
+    }
+
+
+def body(schema: Schema, example: Any, limit: int = MAX_BODY_BYTES) -> Schema:
+    return {
+        "required": True,
+        "description": f"JSON, at most {limit} bytes (gzip accepted: the limit applies after "
+        "inflating). Unknown top-level fields are ignored.",
+        "content": {"application/json": {"schema": schema, "example": example}},
+    }
+
+
+def common(*extra: tuple[int, Schema]) -> dict[str, Schema]:
+    """Every authenticated endpoint may answer these, besides its own."""
+    responses = {
+        "401": error_response(401, "UNAUTHORIZED"),
+        "503": error_response(503, "SERVICE_UNAVAILABLE"),
+    }
+    responses.update({str(status): response for status, response in extra})
+    return responses
+
+
+def with_body(*extra: tuple[int, Schema]) -> dict[str, Schema]:
+    return common((413, error_response(413, "PAYLOAD_TOO_LARGE")), *extra)
+
+
+def op(summary: str, tag: str, responses: dict[str, Schema], **more: Any) -> Schema:
+    return {"summary": summary, "tags": [tag], "responses": responses, **more}
+
+
+def path_param(name: str, schema: Schema, description: str) -> Schema:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": schema,
+    }
+
+
+def query_param(name: str, schema: Schema, description: str) -> Schema:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
+EVENT_NAME_PARAM = path_param("eventName", {"type": "string"}, "The definition's eventName")
+CONTACT_ID_PARAM = path_param("contactId", {"type": "string"}, "The contact's id")
+INVALID = (400, error_response(400, "VALIDATION_FAILED"))
+NO_EVENT = (404, error_response(404, "EVENT_NOT_FOUND"))
+NO_CONTACT = (404, error_response(404, "CONTACT_NOT_FOUND"))
+DEFINITION_OK = success(200, "The definition", ref("Definition"), DEFINITION_EXAMPLE)
+CONTACT_OK = success(200, "The contact", ref("Contact"), CONTACT_EXAMPLE)
+
+DEFINITION_PATCH = _obj(
+    {
+        "description": NULLABLE_TEXT,
+        "properties": {
+            "type": ["array", "null"],
+            "maxItems": MAX_PROPERTIES_PER_DEFINITION,
+            "items": ref("PropertyInput"),
+            "description": "Replaces the whole schema",
+        },
+    }
+)
+DEFINITION_INPUT = _obj(
+    {
+        "eventName": {"type": "string"},
+        "description": NULLABLE_TEXT,
+        "properties": {
+            "type": ["array", "null"],
+            "maxItems": MAX_PROPERTIES_PER_DEFINITION,
+            "items": ref("PropertyInput"),
+        },
+    },
+    ["eventName"],
+)
+SEND_BODY = _obj(
+    {
+        "eventName": {"type": "string"},
+        "email": {"type": ["string", "null"]},
+        "contactId": {"type": ["string", "null"], "description": "Wins over email"},
+        "eventProperties": {
+            "type": ["object", "null"],
+            "description": "Every key declared on the definition; values coerced to its type",
+        },
+    },
+    ["eventName"],
+)
+LOG_PAGE = _obj(
+    {
+        "events": {"type": "array", "items": ref("Event")},
+        "nextCursor": {"type": ["string", "null"]},
+    },
+    ["events", "nextCursor"],
+)
+BULK_RESULT = _obj(
+    {
+        "successCount": {"type": "integer"},
+        "failedCount": {"type": "integer"},
+        "totalCount": {"type": "integer"},
+        "errors": {
+            "type": "array",
+            "description": "eventpipe: which items failed, and why",
+            "items": _obj(
+                {
+                    "index": {"type": "integer"},
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                }
+            ),
+        },
+    },
+    ["successCount", "failedCount", "totalCount"],
+)
+
+DEFINITIONS = "Event definitions"
+SENDING = "Sending events"
+CONTACTS = "Contacts"
+
+PATHS: dict[str, Schema] = {
+    "/v1/events": {
+        "get": op(
+            "List the active definitions, newest first",
+            DEFINITIONS,
+            common(
+                (
+                    200,
+                    success(
+                        200,
+                        "The definitions",
+                        _obj({"events": {"type": "array", "items": ref("Definition")}}, ["events"]),
+                        {"events": [DEFINITION_EXAMPLE]},
+                    ),
+                )
+            ),
+        ),
+        "post": op(
+            "Create a definition",
+            DEFINITIONS,
+            with_body(
+                (201, success(201, "Created", ref("Definition"), DEFINITION_EXAMPLE)),
+                (
+                    400,
+                    error_response(
+                        400,
+                        "VALIDATION_FAILED",
+                        "INVALID_EVENT_NAME_CHARACTERS",
+                        "MAX_EVENTS_REACHED",
+                    ),
+                ),
+                (409, error_response(409, "EVENT_ALREADY_EXISTS")),
+            ),
+            requestBody=body(DEFINITION_INPUT, DEFINITION_INPUT_EXAMPLE),
+        ),
+    },
+    "/v1/events/eventName/{eventName}": {
+        "parameters": [EVENT_NAME_PARAM],
+        "get": op("Get a definition", DEFINITIONS, common((200, DEFINITION_OK), NO_EVENT)),
+        "patch": op(
+            "Update a definition: `properties`, when given, replaces the whole schema",
+            DEFINITIONS,
+            with_body(
+                (200, DEFINITION_OK),
+                (400, error_response(400, "VALIDATION_FAILED", "NO_DATA_TO_UPDATE")),
+                NO_EVENT,
+            ),
+            requestBody=body(DEFINITION_PATCH, {"description": "Any completed order"}),
+        ),
+        "delete": op(
+            "Delete a definition (soft: stored events stay; the name may be created again)",
+            DEFINITIONS,
+            common((200, deleted("Event deleted successfully")), NO_EVENT),
+        ),
+    },
+    "/v1/events/send": {
+        "post": op(
+            "Send an event (asynchronous: 202 once it is durably queued)",
+            SENDING,
+            common(
+                (413, error_response(413, "PAYLOAD_TOO_LARGE")),
+                (
+                    202,
+                    success(
+                        202,
+                        "Accepted and queued",
+                        ref("Event"),
+                        {**STORED_EXAMPLE, "contactId": None, "status": "queued"},
+                    ),
+                ),
+                (
+                    400,
+                    error_response(
+                        400,
+                        "VALIDATION_FAILED",
+                        "EMAIL_OR_CONTACT_ID_REQUIRED",
+                        "UNKNOWN_PROPERTY",
+                        "INVALID_PROPERTY_VALUE",
+                    ),
+                ),
+                NO_EVENT,
+            ),
+            requestBody=body(SEND_BODY, SEND_EXAMPLE, MAX_SEND_BODY_BYTES),
+        )
+    },
+    "/v1/events/{eventId}": {
+        "parameters": [path_param("eventId", {"type": "string"}, "The id the send answered")],
+        "get": op(
+            "An event's status: queued, stored (the stored record) or failed (with its error)",
+            SENDING,
+            common(
+                (200, success(200, "The event", ref("Event"), STORED_EXAMPLE)),
+                (404, error_response(404, "NOT_FOUND")),
+            ),
+        ),
+    },
+    "/v1/contacts": {
+        "post": op(
+            "Create a contact",
+            CONTACTS,
+            with_body(
+                (201, success(201, "Created", ref("Contact"), CONTACT_EXAMPLE)),
+                INVALID,
+                (409, error_response(409, "CONTACT_ALREADY_EXISTS")),
+            ),
+            requestBody=body(ref("ContactInput"), CONTACT_INPUT_EXAMPLE),
+        )
+    },
+    "/v1/contacts/email": {
+        "post": op(
+            'Upsert a contact by email ("" clears a text field; customFields are merged)',
+            CONTACTS,
+            with_body((200, CONTACT_OK), INVALID),
+            requestBody=body(ref("ContactInput"), CONTACT_INPUT_EXAMPLE),
+        )
+    },
+    "/v1/contacts/bulk-update": {
+        "post": op(
+            f"Upsert 1..{MAX_BULK_CONTACTS} contacts by email; bad items are counted, not fatal",
+            CONTACTS,
+            with_body(
+                (
+                    200,
+                    success(
+                        200,
+                        "Counts",
+                        BULK_RESULT,
+                        {"successCount": 1, "failedCount": 0, "totalCount": 1, "errors": []},
+                    ),
+                ),
+                INVALID,
+            ),
+            requestBody=body(
+                _obj(
+                    {
+                        "contacts": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": MAX_BULK_CONTACTS,
+                            "items": ref("ContactInput"),
+                        }
+                    },
+                    ["contacts"],
+                ),
+                {"contacts": [CONTACT_INPUT_EXAMPLE]},
+            ),
+        )
+    },
+    "/v1/contacts/search/emails": {
+        "post": op(
+            "The contacts of these emails (unknown ones left out)",
+            CONTACTS,
+            with_body(
+                (
+                    200,
+                    success(
+                        200,
+                        "The contacts found",
+                        _obj(
+                            {"contacts": {"type": "array", "items": ref("Contact")}}, ["contacts"]
+                        ),
+                        {"contacts": [CONTACT_EXAMPLE]},
+                    ),
+                ),
+                INVALID,
+            ),
+            requestBody=body(ref("Emails"), {"emails": ["jane@example.com"]}),
+        )
+    },
+    "/v1/contacts/remove": {
+        "post": op(
+            "Delete the contacts of these emails, with their event logs",
+            CONTACTS,
+            with_body((200, deleted(None)), INVALID),
+            requestBody=body(ref("Emails"), {"emails": ["jane@example.com"]}),
+        )
+    },
+    "/v1/contacts/{contactId}": {
+        "parameters": [CONTACT_ID_PARAM],
+        "get": op("Get a contact", CONTACTS, common((200, CONTACT_OK), NO_CONTACT)),
+        "delete": op(
+            "Delete a contact, with its event log",
+            CONTACTS,
+            common((200, deleted("Contact deleted successfully")), NO_CONTACT),
+        ),
+    },
+    "/v1/contacts/email/userId/{userId}": {
+        "parameters": [path_param("userId", {"type": "string"}, "The contacts' userId")],
+        "delete": op(
+            "Delete every contact with this userId, with their event logs",
+            CONTACTS,
+            common((200, deleted("Contact deleted successfully")), NO_CONTACT),
+        ),
+    },
+    "/v1/contacts/{contactId}/events": {
+        "parameters": [CONTACT_ID_PARAM],
+        "get": op(
+            "A contact's event log, newest first, cursor paginated",
+            CONTACTS,
+            common(
+                (
+                    200,
+                    success(
+                        200,
+                        "One page",
+                        LOG_PAGE,
+                        {"events": [STORED_EXAMPLE], "nextCursor": "czoxMjM0"},
+                    ),
+                ),
+                INVALID,
+                NO_CONTACT,
+            ),
+            parameters=[
+                query_param(
+                    "limit",
+                    {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": MAX_LIMIT,
+                        "default": DEFAULT_LIMIT,
+                    },
+                    "Events per page",
+                ),
+                query_param("cursor", {"type": "string"}, "The previous page's nextCursor"),
+                query_param("eventName", {"type": "string"}, "Only events of this name"),
+                query_param("since", {"type": "string"}, "RFC 3339; createdAt at or after"),
+                query_param("until", {"type": "string"}, "RFC 3339; createdAt before"),
+            ],
+        ),
+    },
+}
+
+
+def build_document(*path_sets: dict[str, Schema]) -> dict[str, Any]:
+    paths: dict[str, Schema] = {}
+    for path_set in path_sets:
+        paths.update(path_set)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "eventpipe",
+            "version": "0.1.0",
+            "description": "Event ingestion speaking AutoSend's REST contract. Every answer "
+            'is an envelope: `{"success": true, "data": ...}` or `{"success": false, '
+            '"error": {"message", "code", "details"?}}`.',
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"apiKey": []}],
+        "tags": [{"name": t} for t in (DEFINITIONS, SENDING, CONTACTS)],
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A project API key, `AS_...`",
+                }
+            },
+        },
+    }
+
+
+DOCUMENT = build_document(PATHS)
+
+
+def _swagger_ui_static() -> Path:
+    # Located, not imported: the package's Python side (jinja2, yaml) is not needed.
+    spec = importlib.util.find_spec("swagger_ui")
+    assert spec is not None and spec.submodule_search_locations, "swagger-ui-py is missing"
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
+
+
+STATIC = _swagger_ui_static()
+DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>eventpipe API</title>
+  <link rel="stylesheet" href="/docs/static/swagger-ui.css">
+  <link rel="icon" type="image/png" href="/docs/static/favicon-32x32.png">
+</head>
+<body>
+  <div id="docs"></div>
+  <script src="/docs/static/swagger-ui-bundle.js"></script>
+  <script>
+    // validatorUrl null: Swagger UI would otherwise send the document to swagger.io.
+    SwaggerUIBundle({url: "/openapi.json", dom_id: "#docs", validatorUrl: null});
+  </script>
+</body>
+</html>
+"""
+
+
+async def openapi_json(request: Request) -> Response:
+    return JsonResponse(DOCUMENT)
+
+
+async def docs(request: Request) -> Response:
+    return HTMLResponse(DOCS_PAGE)
+
+
+ROUTES = [
+    Route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False),
+    Route("/docs", docs, methods=["GET"], include_in_schema=False),
+    Mount("/docs/static", StaticFiles(directory=STATIC), name="docs-static"),
+]

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from shared import store
+from shared import opscli, store
 from shared.db import make_engine, transaction
 from shared.errors import EventpipeError
 from shared.logs import configure_logging
@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--processes", type=int, default=1)
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     worker.set_defaults(handler=run_worker)
+    opscli.add_commands(sub)
     return parser
 
 

@@ -129,4 +129,30 @@ failed_events = Table(
     _ts("created_at"),
     _ts("failed_at"),
     Index("ix_failed_events_project_failed_at", "project_id", "failed_at"),
+    # The operators' filters (eventpipe failed list / replay, GET /v1/admin/failed).
+    Index("ix_failed_events_failed_at", "failed_at"),
+    Index("ix_failed_events_code_failed_at", "code", "failed_at"),
+)
+
+# One row per failure of a failed event, for `eventpipe failed show`; goes with its event
+# (replayed into the store or purged).
+failed_event_attempts = Table(
+    "failed_event_attempts",
+    metadata,
+    Column(
+        "seq",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    Column(
+        "event_id",
+        String(24),
+        ForeignKey("failed_events.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("code", String(64), nullable=False),
+    Column("message", Text, nullable=False),
+    _ts("failed_at"),
 )

@@ -38,6 +38,11 @@ PENDING_KEY = "eventpipe:pending"
 # Bumped on every change of keys or definitions; API processes poll it to drop their caches.
 CONFIG_VERSION_KEY = "eventpipe:config-version"
 JOB_DESCRIPTION = "eventpipe: store events"
+# Running totals for `eventpipe stats`, kept in Redis beside the queue (they start again with
+# an empty Redis): events accepted by the API, stored by the workers, failures by code.
+ACCEPTED_KEY = "eventpipe:stats:accepted"
+STORED_KEY = "eventpipe:stats:stored"
+FAILED_KEY = "eventpipe:stats:failed"
 
 Event = dict[str, Any]
 
@@ -97,6 +102,15 @@ def new_job_id() -> str:
     return f"g{new_id()}"
 
 
+# Replay jobs (`eventpipe replay`) carry many failed events; their ids start with "r" so no
+# group job claims them and the worker splits a failure out instead of failing the job.
+REPLAY_JOB_PREFIX = "r"
+
+
+def new_replay_job_id() -> str:
+    return f"{REPLAY_JOB_PREFIX}{new_id()}"
+
+
 def job_options(settings: Settings) -> dict[str, Any]:
     """What every events job carries. The description is fixed: RQ's default repeats the
     arguments, which would store every payload a second time, uncompressed."""
@@ -152,16 +166,23 @@ class JobWriter:
         self._queue_key = queue.key
         self._queues_key = queue.redis_queues_keys
 
+    def fields(self, events: Sequence[Event], *, replay: bool = False) -> dict[str, Any]:
+        """The job hash of a job carrying `events`."""
+        stamp = utcformat(datetime.now(UTC))
+        data = zlib.compress(
+            jsonio.dumps([JOB_FUNC, None, [make_payload(events, replay=replay)], {}])
+        )
+        return {**self._shared, "data": data, "created_at": stamp, "enqueued_at": stamp}
+
     def add(self, pipe: Any, events: Sequence[Event]) -> str:
         """Queue the commands of one job carrying `events` and their pending marks on `pipe`."""
         job_id = new_job_id()
-        stamp = utcformat(datetime.now(UTC))
-        data = zlib.compress(jsonio.dumps([JOB_FUNC, None, [make_payload(events)], {}]))
-        fields = {**self._shared, "data": data, "created_at": stamp, "enqueued_at": stamp}
+        fields = self.fields(events)
         pipe.sadd(self._queues_key, self._queue_key)
         pipe.hset(self._job_prefix + job_id, mapping=fields)
         pipe.rpush(self._queue_key, job_id)
         pipe.hset(PENDING_KEY, mapping={e["id"]: job_id for e in events})
+        pipe.incrby(ACCEPTED_KEY, len(events))
         return job_id
 
 

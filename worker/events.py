@@ -6,18 +6,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, or_, select
+from sqlalchemy import Connection, Engine, delete, insert, or_, select
 
 from shared import errors
 from shared.clock import parse_iso_ms, utcnow
 from shared.db import insert_ignoring_duplicates, record_failures, transaction
-from shared.models import contacts, events, failed_events
+from shared.models import contacts, events, failed_event_attempts, failed_events
 from shared.queue import Event
 
 
 @dataclass
 class BatchOutcome:
     stored: list[Event] = field(default_factory=list)
+    # Rows actually added: fewer than `stored` when a redelivered job met its own rows.
+    inserted: int = 0
     failed: list[tuple[Event, errors.EventpipeError]] = field(default_factory=list)
 
 
@@ -42,10 +44,15 @@ def store_batch(engine: Engine, batch: Sequence[Event], *, replay: bool = False)
             else:
                 outcome.stored.append(event)
                 rows.append(event_row(event, contact_id, now))
-        insert_ignoring_duplicates(conn, events, rows)
+        outcome.inserted = insert_ignoring_duplicates(conn, events, rows)
         record_failures(
             conn, failed_events, [_failure_row(e, err, now) for e, err in outcome.failed]
         )
+        if outcome.failed:
+            conn.execute(
+                insert(failed_event_attempts),
+                [_attempt_row(e, err, now) for e, err in outcome.failed],
+            )
         if replay and rows:
             conn.execute(
                 delete(failed_events).where(failed_events.c.id.in_([r["id"] for r in rows]))
@@ -117,3 +124,7 @@ def _failure_row(event: Event, error: errors.EventpipeError, now: Any) -> dict[s
         "created_at": parse_iso_ms(event["createdAt"]),
         "failed_at": now,
     }
+
+
+def _attempt_row(event: Event, error: errors.EventpipeError, now: Any) -> dict[str, Any]:
+    return {"event_id": event["id"], "code": error.code, "message": error.message, "failed_at": now}

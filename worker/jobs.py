@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from rq import get_current_job
 from rq.job import JobStatus
 
 from shared.errors import EventpipeError
-from shared.queue import JOB_FUNC, PENDING_KEY, Event, job_options, make_payload, read_payload
+from shared.queue import (
+    FAILED_KEY,
+    JOB_FUNC,
+    PENDING_KEY,
+    REPLAY_JOB_PREFIX,
+    STORED_KEY,
+    Event,
+    job_options,
+    make_payload,
+    read_payload,
+)
 from worker.claim import claim_jobs, claimed_events, finish_claimed
 from worker.context import WorkerContext, get_context
-from worker.events import store_batch
+from worker.events import BatchOutcome, store_batch
 
 
 class EventFailed(EventpipeError):
@@ -27,10 +38,12 @@ def store_events(payload: dict[str, Any]) -> dict[str, int]:
     claimed = [] if replay or not job_id else claim_jobs(ctx, job_id)
     batch += claimed_events(ctx, claimed)
     outcome = store_batch(ctx.engine, batch, replay=replay)
-    if replay and outcome.failed:
-        _finish(ctx, job_id, batch, [], claimed)
+    # The event's own failed job, requeued (`rq requeue`), fails again as itself; a replay
+    # job of `eventpipe replay` (or a group job) splits its failures out.
+    fails_itself = replay and bool(outcome.failed) and not job_id.startswith(REPLAY_JOB_PREFIX)
+    _finish(ctx, job_id, batch, outcome, claimed, split_failures=not fails_itself)
+    if fails_itself:
         _fail_current_job(outcome.failed[0][1])
-    _finish(ctx, job_id, batch, outcome.failed, claimed)
     return {"stored": len(outcome.stored), "failed": len(outcome.failed), "jobs": 1 + len(claimed)}
 
 
@@ -38,18 +51,29 @@ def _finish(
     ctx: WorkerContext,
     job_id: str,
     batch: list[Event],
-    failed: list[tuple[Event, EventpipeError]],
+    outcome: BatchOutcome,
     claimed: list[str],
+    *,
+    split_failures: bool,
 ) -> None:
     """In one round trip: drop the pending marks, split each failed event out as a failed
-    job of its own keyed by the event id (an operator can replay exactly that event), and
-    finish the claimed jobs."""
+    job of its own keyed by the event id (an operator can replay exactly that event), finish
+    the claimed jobs and count the outcome for `eventpipe stats`."""
     with ctx.redis.pipeline(transaction=True) as pipe:
         pipe.hdel(PENDING_KEY, *[e["id"] for e in batch])
         finish_claimed(ctx, pipe, job_id, claimed)
-        for event, error in failed:
-            _add_failed_job(ctx, event, error, pipe)
+        _count_outcome(pipe, outcome)
+        if split_failures:
+            for event, error in outcome.failed:
+                _add_failed_job(ctx, event, error, pipe)
         pipe.execute()
+
+
+def _count_outcome(pipe: Any, outcome: BatchOutcome) -> None:
+    if outcome.inserted:
+        pipe.incrby(STORED_KEY, outcome.inserted)
+    for code, n in Counter(error.code for _, error in outcome.failed).items():
+        pipe.hincrby(FAILED_KEY, code, n)
 
 
 def _add_failed_job(ctx: WorkerContext, event: Event, error: EventpipeError, pipe: Any) -> None:

@@ -1,0 +1,188 @@
+"""Failed events as operators see them: filters, listing, one event's history, purging.
+
+PostgreSQL (`failed_events`, `failed_event_attempts`) is the record: it outlives RQ's failed
+registry, whose entries expire after FAILURE_TTL. Pages and replays walk the table by event
+id (ObjectId-style, so id order is acceptance order), which keeps a page stable while rows
+fail again or go away under it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+from sqlalchemy import ColumnElement, Connection, Engine, Select, delete, func, select
+
+from shared.clock import aware, iso_ms, utcnow
+from shared.db import transaction
+from shared.errors import NotFound, ValidationFailed
+from shared.ids import is_id
+from shared.models import failed_event_attempts, failed_events
+
+MAX_PAGE = 1000
+_RELATIVE = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+@dataclass(frozen=True)
+class FailedFilter:
+    """Which failed events an operation applies to; every field narrows, none means all."""
+
+    code: str | None = None
+    event_name: str | None = None
+    project_id: str | None = None
+    since: datetime | None = None  # last failure at or after
+    until: datetime | None = None  # last failure before
+    ids: tuple[str, ...] = ()
+
+    def is_empty(self) -> bool:
+        return not (
+            self.code or self.event_name or self.project_id or self.since or self.until or self.ids
+        )
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        c = failed_events.c
+        found: list[ColumnElement[bool]] = []
+        if self.code:
+            found.append(c.code == self.code)
+        if self.event_name:
+            found.append(c.event_name == self.event_name)
+        if self.project_id:
+            found.append(c.project_id == self.project_id)
+        if self.since:
+            found.append(c.failed_at >= self.since)
+        if self.until:
+            found.append(c.failed_at < self.until)
+        if self.ids:
+            found.append(c.id.in_(self.ids))
+        return found
+
+
+def parse_time(text: str, *, now: datetime | None = None) -> datetime:
+    """An RFC 3339 date or date-time (no offset means UTC), or a time ago: `90s`, `30m`,
+    `2h`, `7d`."""
+    text = text.strip()
+    relative = _RELATIVE.match(text)
+    if relative:
+        amount = timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
+        return (now or utcnow()) - amount
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValidationFailed(
+            f"{text!r} is not a time: use 2026-05-08, 2026-05-08T13:45:00Z or 2h (ago)"
+        ) from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def check_ids(ids: Sequence[str]) -> tuple[str, ...]:
+    bad = [i for i in ids if not is_id(i)]
+    if bad:
+        raise ValidationFailed(f"Not an event id (24 hex characters): {bad[0]!r}")
+    return tuple(dict.fromkeys(ids))
+
+
+def _select(flt: FailedFilter) -> Select[Any]:
+    return select(failed_events).where(*flt.conditions())
+
+
+def count_failed(flt: FailedFilter, *, conn: Connection) -> int:
+    query = select(func.count()).select_from(failed_events).where(*flt.conditions())
+    return int(conn.execute(query).scalar() or 0)
+
+
+def list_failed(
+    flt: FailedFilter, limit: int, *, before: str | None = None, conn: Connection
+) -> list[dict[str, Any]]:
+    """Newest accepted first, `limit` rows from below the id `before` (the page cursor)."""
+    query = _select(flt).order_by(failed_events.c.id.desc()).limit(limit)
+    if before:
+        query = query.where(failed_events.c.id < before)
+    return [failed_json(r) for r in conn.execute(query)]
+
+
+def page_ascending(
+    flt: FailedFilter, limit: int, *, after: str | None, conn: Connection
+) -> list[Any]:
+    """Rows in id order after `after`: how replay and purge walk the table."""
+    query = _select(flt).order_by(failed_events.c.id).limit(limit)
+    if after:
+        query = query.where(failed_events.c.id > after)
+    return list(conn.execute(query))
+
+
+def failed_json(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "projectId": row.project_id,
+        "eventName": row.event_name,
+        "code": row.code,
+        "message": row.message,
+        "attempts": row.attempts,
+        "createdAt": iso_ms(aware(row.created_at)),
+        "failedAt": iso_ms(aware(row.failed_at)),
+    }
+
+
+def show_failed(event_id: str, *, conn: Connection) -> dict[str, Any]:
+    """One failed event: its summary, the queued payload and every failure in order."""
+    row = conn.execute(select(failed_events).where(failed_events.c.id == event_id)).first()
+    if row is None:
+        raise NotFound(f"No failed event {event_id}")
+    attempts = conn.execute(
+        select(failed_event_attempts)
+        .where(failed_event_attempts.c.event_id == event_id)
+        .order_by(failed_event_attempts.c.seq)
+    )
+    history = [
+        {"code": a.code, "message": a.message, "failedAt": iso_ms(aware(a.failed_at))}
+        for a in attempts
+    ]
+    return {**failed_json(row), "payload": row.payload, "history": history}
+
+
+def delete_failed(ids: Sequence[str], *, conn: Connection) -> None:
+    """Drop failure records (their attempts go with them, ON DELETE CASCADE)."""
+    if ids:
+        conn.execute(delete(failed_event_attempts).where(failed_event_attempts.c.event_id.in_(ids)))
+        conn.execute(delete(failed_events).where(failed_events.c.id.in_(ids)))
+
+
+def forget_failed_jobs(connection: redis.Redis, queue: Any, ids: Sequence[str]) -> None:
+    """Remove the events' own failed jobs from RQ, so `rq requeue` cannot bring a purged
+    event back. Only jobs RQ lists as failed: a job queued or running is left alone."""
+    if not ids:
+        return
+    prefix = queue.job_class.redis_job_namespace_prefix
+    registry = queue.failed_job_registry.key
+    with connection.pipeline(transaction=False) as pipe:
+        for event_id in ids:
+            pipe.hget(prefix + event_id, "status")
+        statuses: list[bytes | None] = pipe.execute()
+    failed = [i for i, s in zip(ids, statuses, strict=True) if s in (None, b"failed")]
+    with connection.pipeline(transaction=True) as pipe:
+        for event_id in failed:
+            pipe.zrem(registry, event_id)
+            pipe.delete(prefix + event_id)
+        pipe.execute()
+
+
+def purge_failed(
+    flt: FailedFilter, connection: redis.Redis, queue: Any, engine: Engine, chunk: int = 500
+) -> int:
+    """Delete the matching failure records (PostgreSQL and RQ), a chunk per transaction."""
+    purged = 0
+    after: str | None = None
+    while True:
+        with transaction(engine) as conn:
+            ids = [r.id for r in page_ascending(flt, chunk, after=after, conn=conn)]
+            delete_failed(ids, conn=conn)
+        if not ids:
+            return purged
+        forget_failed_jobs(connection, queue, ids)
+        purged += len(ids)
+        after = ids[-1]

@@ -1,0 +1,169 @@
+"""`eventpipe stats`: the pipeline at a glance, from Redis (totals, queue, memory, workers)
+and PostgreSQL (failed events held for replay). Either one down is reported, not raised."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, cast
+
+import redis
+from rq import Queue, Worker
+from rq.serializers import JSONSerializer
+from rq.utils import utcparse
+from sqlalchemy import Engine, func, select
+from sqlalchemy import exc as sa_exc
+
+from shared.clock import aware, iso_ms, utcnow
+from shared.db import transaction
+from shared.errors import StoreUnavailable
+from shared.models import failed_events
+from shared.queue import ACCEPTED_KEY, FAILED_KEY, PENDING_KEY, STORED_KEY
+from shared.settings import Settings
+
+
+def collect(
+    settings: Settings, engine: Engine, connection: redis.Redis, queue: Queue
+) -> dict[str, Any]:
+    data: dict[str, Any] = {"at": iso_ms(utcnow()), "queueName": queue.name}
+    try:
+        data.update(redis_stats(connection, queue))
+    except redis.RedisError as exc:
+        data["redis"] = {"reachable": False, "error": str(exc)}
+    data["store"] = store_stats(engine)
+    return data
+
+
+def redis_stats(connection: redis.Redis, queue: Queue) -> dict[str, Any]:
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.get(ACCEPTED_KEY)
+        pipe.get(STORED_KEY)
+        pipe.hgetall(FAILED_KEY)
+        pipe.hlen(PENDING_KEY)
+        pipe.llen(queue.key)
+        pipe.lindex(queue.key, 0)
+        pipe.zcard(queue.failed_job_registry.key)
+        accepted, stored, failed, pending, jobs, head, failed_jobs = pipe.execute()
+    memory = cast(dict[str, Any], connection.info("memory"))
+    return {
+        "totals": {
+            "accepted": int(accepted or 0),
+            "stored": int(stored or 0),
+            "failed": {k.decode(): int(v) for k, v in failed.items()},
+        },
+        "queue": {
+            "events": int(pending),
+            "jobs": int(jobs),
+            "oldestAgeSeconds": _head_age(connection, queue, head),
+            "failedJobs": int(failed_jobs),
+        },
+        "redis": {
+            "reachable": True,
+            "usedMemory": int(memory.get("used_memory", 0)),
+            "maxMemory": int(memory.get("maxmemory", 0)),
+            "maxMemoryPolicy": str(memory.get("maxmemory_policy", "")),
+        },
+        "workers": worker_stats(connection, queue),
+    }
+
+
+def _head_age(connection: redis.Redis, queue: Queue, head: bytes | None) -> float | None:
+    """Seconds the job at the head of the queue (the oldest waiting) has been queued."""
+    if head is None:
+        return None
+    prefix = queue.job_class.redis_job_namespace_prefix
+    stamp = cast(bytes | None, connection.hget(prefix + head.decode(), "enqueued_at"))
+    if not stamp:
+        return None
+    return round((utcnow() - aware(utcparse(stamp.decode()))).total_seconds(), 3)
+
+
+def worker_stats(connection: redis.Redis, queue: Queue) -> list[dict[str, Any]]:
+    workers = Worker.all(queue=queue, serializer=JSONSerializer)
+    now = utcnow()
+    found = []
+    for w in sorted(workers, key=lambda w: (w.hostname or "", w.pid or 0)):
+        beat = aware(w.last_heartbeat) if w.last_heartbeat else None
+        found.append(
+            {
+                "name": w.name,
+                "hostname": w.hostname,
+                "pid": w.pid,
+                "state": w.get_state(),
+                "currentJob": w.get_current_job_id(),
+                "jobsDone": w.successful_job_count,
+                "jobsFailed": w.failed_job_count,
+                "heartbeatAgeSeconds": round((now - beat).total_seconds(), 1) if beat else None,
+            }
+        )
+    return found
+
+
+def store_stats(engine: Engine) -> dict[str, Any]:
+    """Failed events held for replay, by code; the store's health is reported here."""
+    try:
+        with transaction(engine) as conn:
+            rows = conn.execute(
+                select(failed_events.c.code, func.count()).group_by(failed_events.c.code)
+            ).all()
+    except (StoreUnavailable, sa_exc.SQLAlchemyError) as exc:
+        return {"reachable": False, "error": str(exc.__cause__ or exc).splitlines()[0]}
+    return {"reachable": True, "failedHeld": {code: int(n) for code, n in rows}}
+
+
+def describe_stats(data: dict[str, Any]) -> str:
+    lines = [f"eventpipe at {data['at']} (queue {data['queueName']})"]
+    red = data.get("redis", {})
+    if not red.get("reachable"):
+        lines.append(f"redis: UNREACHABLE ({red.get('error')})")
+    else:
+        t, q = data["totals"], data["queue"]
+        failed = ", ".join(f"{c} {n}" for c, n in sorted(t["failed"].items())) or "none"
+        age = q["oldestAgeSeconds"]
+        limit = red["maxMemory"]
+        lines += [
+            f"totals: accepted {t['accepted']}, stored {t['stored']}, failed: {failed}",
+            f"queue: {q['events']} events in {q['jobs']} jobs, oldest queued "
+            + (f"{age:.1f}s ago" if age is not None else "-")
+            + f", {q['failedJobs']} failed jobs in RQ",
+            f"redis memory: {_mb(red['usedMemory'])} of "
+            + (_mb(limit) if limit else "no limit")
+            + f" (policy {red['maxMemoryPolicy']})",
+            f"workers alive: {len(data['workers'])}",
+        ]
+        lines += [_worker_line(w) for w in data["workers"]]
+    store = data["store"]
+    if store["reachable"]:
+        held = ", ".join(f"{c} {n}" for c, n in sorted(store["failedHeld"].items())) or "none"
+        lines.append(f"store: reachable; failed events held for replay: {held}")
+    else:
+        lines.append(f"store: UNREACHABLE ({store['error']})")
+    return "\n".join(lines)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1_048_576:.1f} MB"
+
+
+def _worker_line(w: dict[str, Any]) -> str:
+    doing = f"running {w['currentJob']}" if w["currentJob"] else w["state"]
+    return (
+        f"  {w['hostname']} pid {w['pid']}: {doing}; {w['jobsDone']} jobs done, "
+        f"{w['jobsFailed']} failed; heartbeat {w['heartbeatAgeSeconds']}s ago"
+    )
+
+
+def watch(settings: Settings, services: Any, interval: float, as_json: bool) -> int:
+    """Redraw every `interval` seconds until Ctrl-C (JSON: one object per line)."""
+    try:
+        while True:
+            data = collect(settings, services.engine, services.redis, services.queue)
+            if as_json:
+                print(json.dumps(data), flush=True)
+            else:
+                clear = "\033[H\033[2J" if sys.stdout.isatty() else ""
+                print(clear + describe_stats(data), flush=True)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return 0

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from api import contacts, definitions, openapi, routes
+from api import admin, contacts, definitions, openapi, routes
 from api.backlog import Backlog
 from api.committer import GroupCommitter, Linger
 from api.config_cache import ConfigCache
@@ -45,6 +45,7 @@ ROUTES = [
     Route("/v1/events/{event_id}", routes.get_event, methods=["GET"]),
     *contacts.ROUTES,
     *openapi.ROUTES,
+    *admin.ROUTES,
 ]
 
 

@@ -62,6 +62,13 @@ class Settings:
     worker_claim_jobs: int = 50
     worker_maintenance_seconds: int = 30
     log_level: str = "INFO"
+    # "text" or "json" (one JSON object a line, per request and per job).
+    log_format: str = "text"
+    # The bearer token of /v1/admin/*; empty turns the admin API off. Never a project key.
+    operator_token: str = ""
+    # Where API and worker processes keep Prometheus's multiprocess files; empty: a fresh
+    # temporary directory per `eventpipe serve` / `eventpipe worker`.
+    metrics_dir: str = ""
 
 
 # Environment variable -> field. Names are the ones users set; a field absent here is not
@@ -95,6 +102,9 @@ ENV_NAMES: dict[str, str] = {
     "WORKER_CLAIM_JOBS": "worker_claim_jobs",
     "WORKER_MAINTENANCE_SECONDS": "worker_maintenance_seconds",
     "LOG_LEVEL": "log_level",
+    "LOG_FORMAT": "log_format",
+    "OPERATOR_TOKEN": "operator_token",
+    "METRICS_DIR": "metrics_dir",
 }
 
 
@@ -110,7 +120,20 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     values["redis_url_configured"] = "redis_url" in values
     if "database_url" in values:
         values["database_url"] = normalize_database_url(values["database_url"])
+    _check_choices(values)
     return Settings(**values)
+
+
+MIN_OPERATOR_TOKEN = 16
+
+
+def _check_choices(values: dict[str, Any]) -> None:
+    if values.get("log_format", "text") not in ("text", "json"):
+        raise ValueError(f"LOG_FORMAT={values['log_format']!r}: use text or json")
+    token = values.get("operator_token", "")
+    # A short token could be guessed over the network; refuse it rather than run with it.
+    if token and len(token) < MIN_OPERATOR_TOKEN:
+        raise ValueError(f"OPERATOR_TOKEN must be at least {MIN_OPERATOR_TOKEN} characters")
 
 
 def normalize_database_url(url: str) -> str:

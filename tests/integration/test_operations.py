@@ -246,3 +246,37 @@ def test_failed_list_show_and_purge_with_filters(
     assert queue.failed_job_registry.count == 0
     assert all(queue.fetch_job(i) is None for i in ids)
     assert "--all" in cli_fails(env, "replay").stderr
+
+
+OPERATOR_TOKEN = "ops-" + "k" * 28
+
+
+def test_admin_api_lists_and_replays_for_real(
+    env: dict[str, str], engine: Engine, redis_client: redis.Redis, procs_cleanup: list[Proc]
+) -> None:
+    ids = _failures(env, engine, redis_client, 3)
+    project_id = failed_rows(engine)[ids[0]].project_id
+    env = {**env, "OPERATOR_TOKEN": OPERATOR_TOKEN}
+    api, base = start_api(env)
+    procs_cleanup.append(api)
+    procs_cleanup.append(start_worker(env))
+    operator = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    with httpx.Client(base_url=base, timeout=60) as http:
+        key = new_project(env)["apiKey"]
+        assert http.get("/v1/admin/failed", headers=auth(key)).status_code == 401
+        listed = http.get("/v1/admin/failed", params={"code": CNF}, headers=operator)
+        assert [r["id"] for r in listed.json()["data"]["failed"]] == ids[::-1]
+
+        with transaction(engine) as conn:
+            from shared.store import upsert_contact
+
+            upsert_contact(project_id, "ghost1@example.com", {}, conn=conn)
+        answer = http.post(
+            "/v1/admin/replay", json={"code": CNF, "wait": 30}, headers=operator
+        ).json()["data"]
+        assert (answer["requeued"], answer["stored"]) == (3, 1)
+        assert answer["stillFailing"] == {CNF: 2}
+        left = http.get("/v1/admin/failed", headers=operator).json()["data"]["failed"]
+        assert sorted(r["id"] for r in left) == [ids[0], ids[2]]
+        assert {r["attempts"] for r in left} == {2}
+    assert stored_ids(engine) == [ids[1]]

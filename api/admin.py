@@ -1,0 +1,301 @@
+"""The operators' API: failed events and their replay, for automation.
+
+Behind OPERATOR_TOKEN (a setting), never a project key: a project key sees one project, while
+these endpoints see and requeue every project's failed events. Unset, the admin API is off
+and answers 401 to everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api.http import ok, parse_json, read_body
+from shared import failed as failed_mod
+from shared.db import transaction
+from shared.errors import Unauthorized, ValidationFailed
+from shared.settings import MAX_BODY_BYTES, Settings
+
+# A replay request waits at most this long for the workers' outcome before answering.
+MAX_WAIT_SECONDS = 30.0
+
+
+def check_operator(request: Request) -> None:
+    settings: Settings = request.app.state.settings
+    if not settings.operator_token:
+        raise Unauthorized("The admin API is off: set OPERATOR_TOKEN to turn it on")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    # Digests of both sides: compare_digest is constant-time for equal lengths only.
+    given = hashlib.sha256(token.strip().encode()).digest()
+    wanted = hashlib.sha256(settings.operator_token.encode()).digest()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given, wanted):
+        raise Unauthorized("Missing or wrong operator token")
+
+
+def _text(source: dict[str, Any], name: str) -> str | None:
+    value = source.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValidationFailed(f"{name} must be a string")
+    return value
+
+
+def _time(source: dict[str, Any], name: str) -> Any:
+    value = _text(source, name)
+    return failed_mod.parse_time(value) if value else None
+
+
+def _int(source: dict[str, Any], name: str, default: int | None, top: int | None) -> int | None:
+    value = source.get(name)
+    if value is None or value == "":
+        return default
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if type(value) is not int or value < 1 or (top is not None and value > top):
+        raise ValidationFailed(f"{name} must be an integer from 1" + (f" to {top}" if top else ""))
+    return value
+
+
+def filter_from(source: dict[str, Any], ids: list[str] | None = None) -> failed_mod.FailedFilter:
+    return failed_mod.FailedFilter(
+        code=_text(source, "code"),
+        event_name=_text(source, "eventName"),
+        project_id=_text(source, "projectId"),
+        since=_time(source, "since"),
+        until=_time(source, "until"),
+        ids=failed_mod.check_ids(ids or []),
+    )
+
+
+# --- GET /v1/admin/failed ----------------------------------------------------------------
+
+
+async def list_failed(request: Request) -> Response:
+    check_operator(request)
+    query = dict(request.query_params)
+    flt = filter_from(query)
+    limit = _int(query, "limit", 100, failed_mod.MAX_PAGE) or 100
+    cursor = _text(query, "cursor")
+    if cursor is not None:
+        failed_mod.check_ids([cursor])
+    engine = request.app.state.engine
+
+    def read() -> list[dict[str, Any]]:
+        with transaction(engine) as conn:
+            return failed_mod.list_failed(flt, limit + 1, before=cursor, conn=conn)
+
+    rows = await anyio.to_thread.run_sync(read, limiter=request.app.state.db_limiter)
+    page = rows[:limit]
+    next_cursor = page[-1]["id"] if len(rows) > limit else None
+    return ok({"failed": page, "nextCursor": next_cursor})
+
+
+# --- POST /v1/admin/replay ---------------------------------------------------------------
+
+
+async def replay(request: Request) -> Response:
+    check_operator(request)
+    body = parse_json(await read_body(request, MAX_BODY_BYTES))
+    if not isinstance(body, dict):
+        raise ValidationFailed("Request body must be a JSON object")
+    ids = body.get("ids") or []
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ValidationFailed("ids must be an array of event ids")
+    flt = filter_from(body, ids)
+    if flt.is_empty() and body.get("all") is not True:
+        raise ValidationFailed('No filter given: send "all": true to replay every failed event')
+    limit = _int(body, "limit", None, None)
+    wait = body.get("wait", 0)
+    if type(wait) not in (int, float) or not 0 <= wait <= MAX_WAIT_SECONDS:
+        raise ValidationFailed(f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}")
+    dry_run = body.get("dryRun") is True
+    summary = await anyio.to_thread.run_sync(
+        lambda: _run_replay(request, flt, limit, dry_run, float(wait)),
+        limiter=request.app.state.db_limiter,
+    )
+    return ok(summary)
+
+
+def _run_replay(
+    request: Request,
+    flt: failed_mod.FailedFilter,
+    limit: int | None,
+    dry_run: bool,
+    wait: float,
+) -> dict[str, Any]:
+    from shared.replay import Replayer
+
+    state = request.app.state
+    queue = state.queue
+    replayer = Replayer(state.settings, state.engine, queue.connection, queue)
+    summary = replayer.run(flt, limit=limit, dry_run=dry_run)
+    if wait > 0 and not dry_run:
+        replayer.wait_for_outcomes(summary, wait)
+    return summary.to_json()
+
+
+ROUTES = [
+    Route("/v1/admin/failed", list_failed, methods=["GET"]),
+    Route("/v1/admin/replay", replay, methods=["POST"]),
+]
+
+
+# --- OpenAPI -----------------------------------------------------------------------------
+
+
+def _error(status: int, description: str, code: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/Error"},
+                "example": {"success": False, "error": {"message": description, "code": code}},
+            }
+        },
+    }
+
+
+def _ok(description: str, data: dict[str, Any]) -> dict[str, Any]:
+    schema = {
+        "type": "object",
+        "properties": {"success": {"const": True}, "data": data},
+        "required": ["success", "data"],
+    }
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+_FILTER_FIELDS: dict[str, tuple[dict[str, Any], str]] = {
+    "code": ({"type": "string"}, "Error code, e.g. CONTACT_NOT_FOUND_FOR_EVENT"),
+    "eventName": ({"type": "string"}, "Event name"),
+    "projectId": ({"type": "string"}, "Project id"),
+    "since": ({"type": "string"}, "Last failed at or after: RFC 3339 time, or `2h` (ago)"),
+    "until": ({"type": "string"}, "Last failed before: RFC 3339 time, or `30m` (ago)"),
+}
+_FAILED_EVENT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "projectId": {"type": "string"},
+        "eventName": {"type": "string"},
+        "code": {"type": "string"},
+        "message": {"type": "string"},
+        "attempts": {"type": "integer"},
+        "createdAt": {"type": "string", "format": "date-time"},
+        "failedAt": {"type": "string", "format": "date-time"},
+    },
+}
+_SUMMARY = {
+    "type": "object",
+    "properties": {
+        "matched": {"type": "integer"},
+        "requeued": {"type": "integer"},
+        "skipped": {
+            "type": "object",
+            "additionalProperties": {"type": "integer"},
+            "description": "Count by reason: already queued, already stored, "
+            "no matching failure record",
+        },
+        "dryRun": {"type": "boolean"},
+        "interrupted": {"type": "boolean"},
+        "stored": {"type": "integer", "description": "Only when `wait` was given"},
+        "stillFailing": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "stillQueued": {"type": "integer"},
+    },
+}
+_ADMIN_ERRORS = {
+    "400": _error(400, "Bad filter or body", "VALIDATION_FAILED"),
+    "401": _error(401, "Missing or wrong operator token (or OPERATOR_TOKEN unset)", "UNAUTHORIZED"),
+    "503": _error(503, "Redis or the store is unreachable", "SERVICE_UNAVAILABLE"),
+}
+_SECURITY: list[dict[str, list[str]]] = [{"operatorToken": []}]
+
+OPENAPI_PATHS: dict[str, Any] = {
+    "/v1/admin/failed": {
+        "get": {
+            "summary": "List failed events (every project), newest accepted first",
+            "tags": ["Operations"],
+            "security": _SECURITY,
+            "parameters": [
+                *[_query(n, s, d) for n, (s, d) in _FILTER_FIELDS.items()],
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Page size"),
+                _query("cursor", {"type": "string"}, "nextCursor of the previous page"),
+            ],
+            "responses": {
+                "200": _ok(
+                    "A page of failed events",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "failed": {"type": "array", "items": _FAILED_EVENT},
+                            "nextCursor": {"type": ["string", "null"]},
+                        },
+                    },
+                ),
+                **_ADMIN_ERRORS,
+            },
+        }
+    },
+    "/v1/admin/replay": {
+        "post": {
+            "summary": "Requeue the matching failed events",
+            "tags": ["Operations"],
+            "security": _SECURITY,
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                **{
+                                    n: {**s, "description": d}
+                                    for n, (s, d) in _FILTER_FIELDS.items()
+                                },
+                                "ids": {"type": "array", "items": {"type": "string"}},
+                                "all": {
+                                    "type": "boolean",
+                                    "description": "Required with no filter",
+                                },
+                                "dryRun": {"type": "boolean"},
+                                "limit": {"type": "integer", "minimum": 1},
+                                "wait": {
+                                    "type": "number",
+                                    "minimum": 0,
+                                    "maximum": MAX_WAIT_SECONDS,
+                                    "description": "Seconds to wait for the workers' outcome",
+                                },
+                            },
+                        },
+                        "example": {"code": "CONTACT_NOT_FOUND_FOR_EVENT", "wait": 10},
+                    }
+                },
+            },
+            "responses": {"200": _ok("What the replay did", _SUMMARY), **_ADMIN_ERRORS},
+        }
+    },
+}
+# The security scheme these paths name, for the published document's components.
+SECURITY_SCHEMES: dict[str, Any] = {
+    "operatorToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "OPERATOR_TOKEN (never a project key)",
+    }
+}

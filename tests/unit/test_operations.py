@@ -1,0 +1,174 @@
+"""The operators' tools on SQLite and fakeredis: the admin API's guard and checks, replay's
+skip rules, time filters, settings."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import fakeredis
+import pytest
+from sqlalchemy import Engine
+
+from shared.errors import ValidationFailed
+from shared.failed import FailedFilter, parse_time
+from shared.queue import PENDING_KEY
+from shared.replay import Replayer
+from shared.settings import Settings, load_settings
+from tests.unit.conftest import auth, make_client
+from tests.unit.test_worker import an_event, count
+from worker.context import WorkerContext
+from worker.jobs import store_events
+
+Project = tuple[str, str, str]
+TOKEN = "op-" + "x" * 29
+
+
+def fail_events(project_id: str, n: int) -> list[str]:
+    """`n` contact-not-found failures, recorded by the job function itself."""
+    from shared.queue import make_payload
+
+    batch = [an_event(project_id, email=f"ghost{i}@example.com") for i in range(n)]
+    store_events(make_payload(batch))
+    return sorted(e["id"] for e in batch)
+
+
+@pytest.fixture
+def admin(
+    settings: Settings,
+    engine: Engine,
+    fake_server: fakeredis.FakeServer,
+    worker_ctx: WorkerContext,
+    project: Project,
+) -> Any:
+    with make_client(settings, engine, fake_server, operator_token=TOKEN) as client:
+        yield client
+
+
+def op_auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_admin_api_is_off_without_a_token(
+    settings: Settings,
+    engine: Engine,
+    fake_server: fakeredis.FakeServer,
+    worker_ctx: WorkerContext,
+    project: Project,
+) -> None:
+    with make_client(settings, engine, fake_server) as client:
+        answer = client.get("/v1/admin/failed", headers=op_auth())
+        assert answer.status_code == 401
+        assert "OPERATOR_TOKEN" in answer.json()["error"]["message"]
+
+
+def test_admin_api_takes_the_operator_token_only(admin: Any, project: Project) -> None:
+    for headers in ({}, auth(project[1]), {"Authorization": f"Bearer {TOKEN}x"}):
+        for answer in (
+            admin.get("/v1/admin/failed", headers=headers),
+            admin.post("/v1/admin/replay", json={"all": True}, headers=headers),
+        ):
+            assert answer.status_code == 401
+            assert answer.json()["error"]["code"] == "UNAUTHORIZED"
+    assert admin.get("/v1/admin/failed", headers=op_auth()).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["since=yesterday", "until=2026-13-01", "limit=0", "limit=1001", "limit=x", "cursor=zz"],
+)
+def test_admin_list_refuses_bad_filters_with_400(admin: Any, query: str) -> None:
+    answer = admin.get(f"/v1/admin/failed?{query}", headers=op_auth())
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "VALIDATION_FAILED"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"all": "yes"},
+        [1],
+        {"ids": "abc"},
+        {"ids": ["not-an-id"]},
+        {"all": True, "wait": 31},
+        {"all": True, "wait": "5"},
+        {"all": True, "limit": -1},
+        {"code": 5},
+    ],
+)
+def test_admin_replay_refuses_bad_bodies_with_400(admin: Any, body: Any) -> None:
+    answer = admin.post("/v1/admin/replay", json=body, headers=op_auth())
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "VALIDATION_FAILED"
+
+
+def test_admin_list_pages_and_filters(admin: Any, project: Project) -> None:
+    ids = fail_events(project[0], 3)
+    first = admin.get("/v1/admin/failed?limit=2", headers=op_auth()).json()["data"]
+    assert [r["id"] for r in first["failed"]] == ids[::-1][:2]
+    second = admin.get(
+        f"/v1/admin/failed?limit=2&cursor={first['nextCursor']}", headers=op_auth()
+    ).json()["data"]
+    assert [r["id"] for r in second["failed"]] == [ids[0]] and second["nextCursor"] is None
+    by_code = admin.get("/v1/admin/failed?code=OTHER", headers=op_auth()).json()["data"]
+    assert by_code["failed"] == []
+    recent = admin.get("/v1/admin/failed?since=1h", headers=op_auth()).json()["data"]
+    assert len(recent["failed"]) == 3
+
+
+def test_admin_replay_requeues_once_then_skips_what_is_queued(
+    admin: Any, project: Project, worker_ctx: WorkerContext
+) -> None:
+    ids = fail_events(project[0], 2)
+    body = {"code": "CONTACT_NOT_FOUND_FOR_EVENT"}
+    dry = admin.post("/v1/admin/replay", json={**body, "dryRun": True}, headers=op_auth())
+    assert dry.json()["data"]["requeued"] == 2 and worker_ctx.queue.count == 0
+    done = admin.post("/v1/admin/replay", json=body, headers=op_auth()).json()["data"]
+    assert (done["matched"], done["requeued"], done["skipped"]) == (2, 2, {})
+    assert worker_ctx.queue.count == 1  # one replay job for both
+    assert set(cast(list[bytes], worker_ctx.redis.hkeys(PENDING_KEY))) == {i.encode() for i in ids}
+    again = admin.post("/v1/admin/replay", json=body, headers=op_auth()).json()["data"]
+    assert (again["requeued"], again["skipped"]) == (0, {"already queued": 2})
+
+
+def test_a_replay_job_that_fails_again_splits_its_failures_out(
+    project: Project, worker_ctx: WorkerContext, engine: Engine, monkeypatch: Any
+) -> None:
+    from tests.unit.test_worker import _Running, add_contact
+
+    ids = fail_events(project[0], 2)
+    add_contact(engine, project[0], "ghost0@example.com")
+    replayer = Replayer(worker_ctx.settings, engine, worker_ctx.redis, worker_ctx.queue)
+    summary = replayer.run(FailedFilter(ids=tuple(ids)))
+    assert summary.requeued == 2
+    job = worker_ctx.queue.fetch_job(worker_ctx.queue.job_ids[0])
+    assert job is not None and job.id.startswith("r")
+    monkeypatch.setattr("worker.jobs.get_current_job", lambda: _Running(job.id))
+    # The replay job itself succeeds; the event that still fails is a failed job of its own.
+    assert store_events(*job.args) == {"stored": 1, "failed": 1, "jobs": 1}
+    from shared.models import events, failed_events
+
+    assert count(engine, events) == 1 and count(engine, failed_events) == 1
+    still = [i for i in ids if i in worker_ctx.queue.failed_job_registry.get_job_ids()]
+    assert len(still) == 1
+    assert worker_ctx.redis.hlen(PENDING_KEY) == 0
+
+
+def test_parse_time_reads_iso_dates_and_durations_ago() -> None:
+    now = datetime(2026, 5, 8, 12, 0, tzinfo=UTC)
+    assert parse_time("2h", now=now) == datetime(2026, 5, 8, 10, 0, tzinfo=UTC)
+    assert parse_time("90s", now=now) == datetime(2026, 5, 8, 11, 58, 30, tzinfo=UTC)
+    assert parse_time("7d", now=now) == datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    assert parse_time("2026-05-08") == datetime(2026, 5, 8, tzinfo=UTC)
+    assert parse_time("2026-05-08T13:45:00+02:00") == datetime(2026, 5, 8, 11, 45, tzinfo=UTC)
+    with pytest.raises(ValidationFailed):
+        parse_time("last tuesday")
+
+
+def test_operator_settings_are_checked() -> None:
+    assert load_settings({"OPERATOR_TOKEN": TOKEN}).operator_token == TOKEN
+    assert load_settings({}).operator_token == ""
+    with pytest.raises(ValueError, match="16"):
+        load_settings({"OPERATOR_TOKEN": "short"})
+    with pytest.raises(ValueError, match="LOG_FORMAT"):
+        load_settings({"LOG_FORMAT": "xml"})
+    assert load_settings({"LOG_FORMAT": "json"}).log_format == "json"

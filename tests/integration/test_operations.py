@@ -280,3 +280,33 @@ def test_admin_api_lists_and_replays_for_real(
         assert sorted(r["id"] for r in left) == [ids[0], ids[2]]
         assert {r["attempts"] for r in left} == {2}
     assert stored_ids(engine) == [ids[1]]
+
+
+def test_stats_shows_totals_queue_memory_workers_and_failures(
+    env: dict[str, str], engine: Engine, redis_client: redis.Redis, procs_cleanup: list[Proc]
+) -> None:
+    ids = _failures(env, engine, redis_client, 3)  # 3 accepted, 3 failed
+    project_id = failed_rows(engine)[ids[0]].project_id
+    settings = Settings(database_url=env["DATABASE_URL"], redis_url=env["REDIS_URL"])
+    queue = make_queue(settings, redis_client)
+    writer = JobWriter(queue, settings)
+    for _ in range(2):
+        enqueue_events(writer, redis_client, [_event(project_id, "jane@example.com")] * 2)
+
+    idle = cli_json(env, "stats")
+    assert idle["totals"] == {"accepted": 7, "stored": 0, "failed": {CNF: 3}}
+    assert idle["queue"]["events"] == 2  # each job carries one event twice: one mark each
+    assert idle["queue"]["jobs"] == 2 and idle["queue"]["oldestAgeSeconds"] >= 0
+    assert idle["redis"]["usedMemory"] > 0 and "maxMemory" in idle["redis"]
+    assert idle["workers"] == []
+    assert idle["store"] == {"reachable": True, "failedHeld": {CNF: 3}}
+
+    procs_cleanup.append(start_worker(env))
+    wait_until(lambda: cli_json(env, "stats")["queue"]["jobs"] == 0, 30, "the queue to drain")
+    wait_until(lambda: len(cli_json(env, "stats")["workers"]) == 1, 30, "the worker to register")
+    busy = cli_json(env, "stats")
+    assert busy["totals"]["stored"] == 2  # two distinct events; duplicates are not counted
+    assert busy["queue"] == {"events": 0, "jobs": 0, "oldestAgeSeconds": None, "failedJobs": 3}
+    assert busy["workers"][0]["state"] in ("idle", "busy")
+    text = run_cli(env, "stats")
+    assert "workers alive: 1" in text and f"{CNF} 3" in text

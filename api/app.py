@@ -174,7 +174,9 @@ async def _render_http_error(request: Request, exc: Exception) -> Response:
         err = NotFound("Not found")
     else:
         err = EventpipeError(str(exc.detail), code="HTTP_ERROR", status=exc.status_code)
-    return error_response(err, request.app.state.settings.retry_after_seconds)
+    response = error_response(err, request.app.state.settings.retry_after_seconds)
+    response.headers.update(exc.headers or {})  # 405's Allow, as RFC 9110 requires
+    return response
 
 
 async def _render_unexpected(request: Request, exc: Exception) -> Response:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Connection
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from api.auth import authenticate
 from api.http import done, ok
-from api.routes import in_transaction, json_object, read_authenticated
+from api.routes import in_transaction, json_object, read_authenticated, route
 from shared import eventlog, store
 from shared.contacts import (
     MAX_TEXT,
@@ -23,6 +24,22 @@ from shared.errors import EventpipeError, contact_not_found
 from shared.ids import is_id
 from shared.models import contacts
 from shared.settings import MAX_BODY_BYTES
+
+
+class AnyText(Convertor[str]):
+    """A path parameter that may hold anything, slashes and newlines too (a userId is free
+    text; Starlette's `path` convertor stops at a newline)."""
+
+    regex = r"[\s\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anytext", AnyText())
 
 
 def _contact_id(request: Request) -> str:
@@ -118,8 +135,8 @@ async def delete_contact(request: Request) -> Response:
 async def delete_by_user_id(request: Request) -> Response:
     project_id = authenticate(request, request.app.state.cache)
     user_id: str = request.path_params["user_id"]
-    if len(user_id) > MAX_TEXT:
-        raise contact_not_found()
+    if len(user_id) > MAX_TEXT or "\x00" in user_id:
+        raise contact_not_found()  # no contact can hold this userId
     await _delete_where(request, project_id, contacts.c.user_id == user_id)
     return done("Contact deleted successfully")
 
@@ -150,8 +167,7 @@ ROUTES = [
     Route("/v1/contacts/bulk-update", bulk_update, methods=["POST"]),
     Route("/v1/contacts/search/emails", search_by_emails, methods=["POST"]),
     Route("/v1/contacts/remove", remove_by_emails, methods=["POST"]),
-    Route("/v1/contacts/email/userId/{user_id:path}", delete_by_user_id, methods=["DELETE"]),
-    Route("/v1/contacts/{contact_id}", get_contact, methods=["GET"]),
-    Route("/v1/contacts/{contact_id}", delete_contact, methods=["DELETE"]),
+    Route("/v1/contacts/email/userId/{user_id:anytext}", delete_by_user_id, methods=["DELETE"]),
+    route("/v1/contacts/{contact_id}", GET=get_contact, DELETE=delete_contact),
     Route("/v1/contacts/{contact_id}/events", contact_events, methods=["GET"]),
 ]

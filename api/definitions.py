@@ -8,21 +8,31 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from api.auth import authenticate
 from api.http import done, ok
-from api.routes import announce_config_change, in_transaction, json_object, read_authenticated
+from api.routes import (
+    announce_config_change,
+    in_transaction,
+    json_object,
+    read_authenticated,
+    route,
+)
 from shared import store
-from shared.definitions import MAX_NAME_LENGTH, check_definition, check_definition_patch
+from shared.definitions import (
+    MAX_NAME_LENGTH,
+    NAME_CHARS,
+    check_definition,
+    check_definition_patch,
+)
 from shared.errors import event_not_found
 from shared.settings import MAX_BODY_BYTES
 
 
 def _event_name(request: Request) -> str:
     name: str = request.path_params["event_name"]
-    if not name or len(name) > MAX_NAME_LENGTH:
-        raise event_not_found()
+    if len(name) > MAX_NAME_LENGTH or not NAME_CHARS.fullmatch(name):
+        raise event_not_found()  # no definition can have this name
     return name
 
 
@@ -72,11 +82,12 @@ async def delete_definition(request: Request) -> Response:
     return done("Event deleted successfully")
 
 
-BY_NAME = "/v1/events/eventName/{event_name}"
 ROUTES = [
-    Route("/v1/events", list_definitions, methods=["GET"]),
-    Route("/v1/events", create_definition, methods=["POST"]),
-    Route(BY_NAME, get_definition, methods=["GET"]),
-    Route(BY_NAME, update_definition, methods=["PATCH"]),
-    Route(BY_NAME, delete_definition, methods=["DELETE"]),
+    route("/v1/events", GET=list_definitions, POST=create_definition),
+    route(
+        "/v1/events/eventName/{event_name}",
+        GET=get_definition,
+        PATCH=update_definition,
+        DELETE=delete_definition,
+    ),
 ]

@@ -17,6 +17,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from api import admin, ops
 from api.http import JsonResponse
 from shared.contacts import MAX_BULK_CONTACTS, MAX_EMAILS
 from shared.definitions import MAX_NAME_LENGTH
@@ -56,6 +57,11 @@ EVENT_NAME: Schema = {
 }
 SCALAR: Schema = {"type": ["string", "number", "boolean"]}
 NULLABLE_TEXT: Schema = {"type": ["string", "null"]}
+EMAIL: Schema = {
+    "type": "string",
+    "format": "email",
+    "description": "Trimmed, checked, then lower-cased; the same rules everywhere",
+}
 
 PROPERTY = _obj(
     {
@@ -68,8 +74,8 @@ PROPERTY = _obj(
 )
 PROPERTY_INPUT = _obj(
     {
-        "propertyName": {"type": "string"},
-        "type": {"type": "string"},
+        "propertyName": EVENT_NAME | {"minLength": 1},
+        "type": {"enum": ["string", "number", "date", "boolean"]},
         "description": NULLABLE_TEXT,
         "suggestedValues": {
             "description": "An array, or a comma-separated string; each value is trimmed and "
@@ -186,7 +192,7 @@ CONTACT_EXAMPLE = {
 }
 CONTACT_INPUT = _obj(
     {
-        "email": {"type": "string"},
+        "email": EMAIL,
         "firstName": NULLABLE_TEXT,
         "lastName": NULLABLE_TEXT,
         "userId": NULLABLE_TEXT,
@@ -207,7 +213,7 @@ EMAILS = _obj(
             "type": "array",
             "minItems": 1,
             "maxItems": MAX_EMAILS,
-            "items": {"type": "string"},
+            "items": EMAIL,
         }
     },
     ["emails"],
@@ -254,7 +260,7 @@ MESSAGES = {
     "SERVICE_UNAVAILABLE": "The database is unavailable, retry later",
     "INTERNAL_SERVER_ERROR": "Internal server error",
     "EVENT_NOT_FOUND": "Event not found",
-    "NOT_FOUND": "Event not found",
+    "NOT_FOUND": "Not found",
     "EVENT_ALREADY_EXISTS": "Event already exists",
     "INVALID_EVENT_NAME_CHARACTERS": "Event name may contain only letters, digits and underscores",
     "MAX_EVENTS_REACHED": (
@@ -270,7 +276,7 @@ MESSAGES = {
 STATUS_TEXT = {
     400: "Bad request",
     401: "Missing, malformed, unknown or revoked API key",
-    404: "Not found",
+    404: "Not found (NOT_FOUND: no such route, e.g. a path parameter holding a slash)",
     409: "Conflict",
     413: "Body over its size limit (checked while reading, after gzip inflation)",
     500: "Unexpected failure (a bug, never bad input)",
@@ -376,11 +382,13 @@ def query_param(name: str, schema: Schema, description: str) -> Schema:
     }
 
 
-EVENT_NAME_PARAM = path_param("eventName", {"type": "string"}, "The definition's eventName")
-CONTACT_ID_PARAM = path_param("contactId", {"type": "string"}, "The contact's id")
+EVENT_NAME_PARAM = path_param(
+    "eventName", EVENT_NAME | {"minLength": 1}, "The definition's eventName"
+)
+CONTACT_ID_PARAM = path_param("contactId", ID, "The contact's id")
 INVALID = (400, error_response(400, "VALIDATION_FAILED"))
-NO_EVENT = (404, error_response(404, "EVENT_NOT_FOUND"))
-NO_CONTACT = (404, error_response(404, "CONTACT_NOT_FOUND"))
+NO_EVENT = (404, error_response(404, "EVENT_NOT_FOUND", "NOT_FOUND"))
+NO_CONTACT = (404, error_response(404, "CONTACT_NOT_FOUND", "NOT_FOUND"))
 DEFINITION_OK = success(200, "The definition", ref("Definition"), DEFINITION_EXAMPLE)
 CONTACT_OK = success(200, "The contact", ref("Contact"), CONTACT_EXAMPLE)
 
@@ -410,8 +418,12 @@ DEFINITION_INPUT = _obj(
 SEND_BODY = _obj(
     {
         "eventName": {"type": "string"},
-        "email": {"type": ["string", "null"]},
-        "contactId": {"type": ["string", "null"], "description": "Wins over email"},
+        "email": EMAIL | {"type": ["string", "null"]},
+        "contactId": {
+            "type": ["string", "null"],
+            "pattern": "^([0-9a-f]{24}|\\s*)$",
+            "description": "Wins over email; blank counts as absent",
+        },
         "eventProperties": {
             "type": ["object", "null"],
             "description": "Every key declared on the definition; values coerced to its type",
@@ -530,13 +542,13 @@ PATHS: dict[str, Schema] = {
                         "INVALID_PROPERTY_VALUE",
                     ),
                 ),
-                NO_EVENT,
+                (404, error_response(404, "EVENT_NOT_FOUND")),
             ),
             requestBody=body(SEND_BODY, SEND_EXAMPLE, MAX_SEND_BODY_BYTES),
         )
     },
     "/v1/events/{eventId}": {
-        "parameters": [path_param("eventId", {"type": "string"}, "The id the send answered")],
+        "parameters": [path_param("eventId", ID, "The id the send answered")],
         "get": op(
             "An event's status: queued, stored (the stored record) or failed (with its error)",
             SENDING,
@@ -589,7 +601,10 @@ PATHS: dict[str, Schema] = {
                             "type": "array",
                             "minItems": 1,
                             "maxItems": MAX_BULK_CONTACTS,
-                            "items": ref("ContactInput"),
+                            "items": {
+                                "description": "A ContactInput; an item that is not valid is "
+                                "counted in failedCount and listed in errors, not refused",
+                            },
                         }
                     },
                     ["contacts"],
@@ -637,7 +652,9 @@ PATHS: dict[str, Schema] = {
         ),
     },
     "/v1/contacts/email/userId/{userId}": {
-        "parameters": [path_param("userId", {"type": "string"}, "The contacts' userId")],
+        "parameters": [
+            path_param("userId", {"type": "string", "minLength": 1}, "The contacts' userId")
+        ],
         "delete": op(
             "Delete every contact with this userId, with their event logs",
             CONTACTS,
@@ -673,8 +690,16 @@ PATHS: dict[str, Schema] = {
                     },
                     "Events per page",
                 ),
-                query_param("cursor", {"type": "string"}, "The previous page's nextCursor"),
-                query_param("eventName", {"type": "string"}, "Only events of this name"),
+                query_param(
+                    "cursor",
+                    {"type": "string", "pattern": "^[A-Za-z0-9_-]*$"},
+                    "The previous page's nextCursor (empty: the first page; anything else is 400)",
+                ),
+                query_param(
+                    "eventName",
+                    {"type": "string", "pattern": "^[A-Za-z0-9_]{0,64}$"},
+                    "Only events of this name (empty: every name)",
+                ),
                 query_param("since", {"type": "string"}, "RFC 3339; createdAt at or after"),
                 query_param("until", {"type": "string"}, "RFC 3339; createdAt before"),
             ],
@@ -683,10 +708,10 @@ PATHS: dict[str, Schema] = {
 }
 
 
-def build_document(*path_sets: dict[str, Schema]) -> dict[str, Any]:
-    paths: dict[str, Schema] = {}
-    for path_set in path_sets:
-        paths.update(path_set)
+def build_document() -> dict[str, Any]:
+    """This module's paths and the operations endpoints' (api.admin, api.ops: each module
+    documents its own routes)."""
+    paths: dict[str, Schema] = {**PATHS, **admin.OPENAPI_PATHS, **ops.OPENAPI_PATHS}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -698,7 +723,7 @@ def build_document(*path_sets: dict[str, Schema]) -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "security": [{"apiKey": []}],
-        "tags": [{"name": t} for t in (DEFINITIONS, SENDING, CONTACTS)],
+        "tags": [{"name": t} for t in (DEFINITIONS, SENDING, CONTACTS, "Operations")],
         "paths": paths,
         "components": {
             "schemas": SCHEMAS,
@@ -707,13 +732,14 @@ def build_document(*path_sets: dict[str, Schema]) -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "A project API key, `AS_...`",
-                }
+                },
+                **admin.SECURITY_SCHEMES,
             },
         },
     }
 
 
-DOCUMENT = build_document(PATHS)
+DOCUMENT = build_document()
 
 
 def _swagger_ui_static() -> Path:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -13,6 +13,7 @@ from rq.job import Job
 from sqlalchemy import Connection
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from api.auth import authenticate
 from api.http import ok, parse_json, read_body
@@ -26,6 +27,7 @@ from shared.settings import MAX_SEND_BODY_BYTES
 
 log = logging.getLogger("eventpipe.api")
 T = TypeVar("T")
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 async def in_db_thread(request: Request, fn: Callable[[], T]) -> T:
@@ -43,6 +45,17 @@ async def in_transaction(request: Request, fn: Callable[[Connection], T]) -> T:
             return fn(conn)
 
     return await in_db_thread(request, run)
+
+
+def route(path: str, **handlers: Endpoint) -> Route:
+    """One route for all the methods of a path, so that a 405 lists them all in `Allow`
+    (separate Routes would each answer for their own method only)."""
+
+    async def dispatch(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return Route(path, dispatch, methods=list(handlers))
 
 
 async def read_authenticated(request: Request, limit: int) -> tuple[str, Any]:

@@ -25,8 +25,17 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeEngine
 
 from shared import jsonio
-from shared.errors import StoreUnavailable
+from shared.errors import StoreUnavailable, ValidationFailed
 from shared.settings import Settings
+
+
+def _json_text(value: Any) -> str:
+    return jsonio.dumps(value).decode()
+
+
+# JSON columns read back with the API's own parser: the stdlib one would turn a stored
+# 5.09e52 (jsonb keeps it as an integral numeric) into an int that no answer can encode.
+_JSON_CODEC: dict[str, Any] = {"json_serializer": _json_text, "json_deserializer": jsonio.loads}
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -35,6 +44,7 @@ def make_engine(settings: Settings) -> Engine:
         return _sqlite_engine(settings)
     return create_engine(
         url,
+        **_JSON_CODEC,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
         pool_pre_ping=True,
@@ -53,7 +63,9 @@ def make_engine(settings: Settings) -> Engine:
 
 def _sqlite_engine(settings: Settings) -> Engine:
     engine = create_engine(
-        settings.database_url, connect_args={"timeout": 30, "check_same_thread": False}
+        settings.database_url,
+        **_JSON_CODEC,
+        connect_args={"timeout": 30, "check_same_thread": False},
     )
 
     @event.listens_for(engine, "connect")
@@ -77,6 +89,10 @@ def transaction(engine: Engine) -> Iterator[Connection]:
             yield conn
     except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
         raise StoreUnavailable() from exc
+    except sa_exc.DataError as exc:
+        # A value the store cannot hold that the checks let through: the caller's input, not
+        # an outage (a 400, never a 500; retrying cannot help).
+        raise ValidationFailed("A value cannot be stored: " + str(exc.orig).strip()) from exc
     except sa_exc.DBAPIError as exc:
         if exc.connection_invalidated:
             raise StoreUnavailable() from exc

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, select
 
 from shared.clock import aware, iso_ms
 from shared.coercion import CoercionError, parse_date
+from shared.definitions import MAX_NAME_LENGTH, NAME_CHARS
 from shared.errors import ValidationFailed
 from shared.models import events
 
@@ -48,10 +49,18 @@ def parse_query(params: Mapping[str, str]) -> LogQuery:
     return LogQuery(
         limit=int(raw_limit),
         before_seq=decode_cursor(cursor) if cursor else None,
-        event_name=params.get("eventName") or None,
+        event_name=_event_name(params.get("eventName")),
         since=_moment(params, "since"),
         until=_moment(params, "until"),
     )
+
+
+def _event_name(value: str | None) -> str | None:
+    if not value:
+        return None
+    if len(value) > MAX_NAME_LENGTH or not NAME_CHARS.fullmatch(value):
+        raise _fail("eventName", "eventName must be 1..64 letters, digits or underscores")
+    return value
 
 
 def _moment(params: Mapping[str, str], name: str) -> datetime | None:

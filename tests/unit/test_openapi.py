@@ -53,19 +53,29 @@ def test_every_route_is_documented_and_every_documented_route_exists() -> None:
     assert built == documented
 
 
-def _examples() -> Iterator[tuple[str, dict[str, Any], Any]]:
+def _json_media() -> Iterator[tuple[str, dict[str, Any]]]:
     for path, item in DOCUMENT["paths"].items():
         for method, operation in item.items():
             if method == "parameters":
                 continue
-            media = [operation.get("requestBody", {}).get("content", {}).get("application/json")]
-            media += [r["content"]["application/json"] for r in operation["responses"].values()]
-            for m in filter(None, media):
-                where = f"{method.upper()} {path}"
-                if "example" in m:
-                    yield where, m["schema"], m["example"]
-                for name, example in m.get("examples", {}).items():
-                    yield f"{where} ({name})", m["schema"], example["value"]
+            bodies = [operation.get("requestBody", {})] + list(operation["responses"].values())
+            for b in bodies:
+                media = b.get("content", {}).get("application/json")
+                if media is not None:
+                    yield f"{method.upper()} {path}", media
+
+
+def test_every_json_body_has_a_schema() -> None:
+    assert [where for where, media in _json_media() if "schema" not in media] == []
+
+
+def _examples() -> Iterator[tuple[str, dict[str, Any], Any]]:
+    for where, m in _json_media():
+        schema = m.get("schema", {})
+        if "example" in m:
+            yield where, schema, m["example"]
+        for name, example in m.get("examples", {}).items():
+            yield f"{where} ({name})", schema, example["value"]
 
 
 @pytest.mark.parametrize(("where", "schema", "example"), list(_examples()))

@@ -106,6 +106,14 @@ def test_every_endpoint_and_error_code_on_postgres(
     wait_until(lambda: len(http.get(log_path).json()["data"]["events"]) == 3, 30, "events stored")
     assert [e["id"] for e in http.get(log_path).json()["data"]["events"]] == sent[::-1]
     assert code_of(http.get(log_path, params={"limit": 1001})) == (400, "VALIDATION_FAILED")
+    # jsonb keeps 5.09e52 as an integral numeric: it must still read back as a number.
+    big = {**SEED, "eventProperties": {"order_total": 5.09e52}}
+    big_id = http.post("/v1/events/send", json=big).json()["data"]["id"]
+    wait_until(
+        lambda: http.get(f"/v1/events/{big_id}").json()["data"]["status"] == "stored", 30, "big"
+    )
+    assert http.get(f"/v1/events/{big_id}").json()["data"]["properties"]["order_total"] == 5.09e52
+    sent.append(big_id)
 
     # Deletes: by userId (jane and bob), then nothing left to delete.
     assert http.delete("/v1/contacts/email/userId/u1").json() == {

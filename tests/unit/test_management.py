@@ -458,3 +458,53 @@ def test_every_management_endpoint_needs_a_key(
         for method, path in calls:
             r = client.request(method, path, json={}, headers={"Authorization": "Bearer AS_nope"})
             assert code_of(r) == (401, "UNAUTHORIZED"), (method, path)
+
+
+def test_nul_characters_are_refused_before_anything_is_accepted(
+    client: TestClient, project: Project, worker_ctx: WorkerContext
+) -> None:
+    """PostgreSQL holds no U+0000 in text or jsonb: an event carrying one would be accepted,
+    then fail in the worker forever. Refused at the edge, wherever it hides."""
+    h = auth(project[1])
+    setup_seed(client, project[1])
+    nul = "a\x00b"
+    bodies: list[tuple[str, dict[str, Any]]] = [
+        ("/v1/events/send", {**SEED_EVENT, "eventProperties": {"currency": nul}}),
+        ("/v1/events/send", {**SEED_EVENT, "eventProperties": {nul: 1}}),
+        ("/v1/events", {"eventName": "e", "description": nul}),
+        ("/v1/contacts", {"email": "n@example.com", "customFields": {"k": [nul]}}),
+    ]
+    for path, body in bodies:
+        r = client.post(path, json=body, headers=h)
+        assert code_of(r) == (400, "VALIDATION_FAILED"), (path, r.text)
+        assert "NUL" in r.json()["error"]["message"]
+    assert worker_ctx.queue.count == 0
+    # The six characters \u0000 written out (an escaped backslash) are ordinary text.
+    literal = client.post(
+        "/v1/events/send",
+        json={**SEED_EVENT, "eventProperties": {"currency": "\\u0000"}},
+        headers=h,
+    )
+    assert literal.status_code == 202
+    assert literal.json()["data"]["properties"]["currency"] == "\\u0000"
+
+
+def test_huge_numbers_survive_the_store_round_trip(
+    client: TestClient, project: Project, worker_ctx: WorkerContext
+) -> None:
+    h = auth(project[1])
+    setup_seed(client, project[1])
+    sent = client.post(
+        "/v1/events/send",
+        json={**SEED_EVENT, "eventProperties": {"order_total": 5.09e52}},
+        headers=h,
+    ).json()["data"]
+    contact = client.post(
+        "/v1/contacts/email",
+        json={"email": "jane@example.com", "customFields": {"big": 5.09e52}},
+        headers=h,
+    )
+    assert contact.json()["data"]["customFields"] == {"big": 5.09e52}
+    run_queued_jobs(worker_ctx)
+    stored = client.get(f"/v1/events/{sent['id']}", headers=h).json()["data"]
+    assert stored["status"] == "stored" and stored["properties"]["order_total"] == 5.09e52

@@ -284,3 +284,34 @@ def test_generated_requests_find_no_server_error(
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+
+
+def test_definition_changes_reach_every_api_process_within_a_second(
+    env: dict[str, str], procs_cleanup: list[Proc]
+) -> None:
+    project = new_project(env)
+    proc, base = start_api(env, workers=2)
+    procs_cleanup.append(proc)
+    h = auth(project["apiKey"])
+
+    def codes(n: int = 40) -> set[str]:
+        # A new connection each time, so that both API processes answer some of them.
+        return {
+            httpx.post(f"{base}/v1/events/send", json=SEED, headers=h)
+            .json()
+            .get("error", {})
+            .get("code", "ACCEPTED")
+            for _ in range(n)
+        }
+
+    assert httpx.post(f"{base}/v1/events", json=SEED_DEFINITION, headers=h).status_code == 201
+    time.sleep(1.0)
+    assert codes() == {"ACCEPTED"}
+    patch = {"properties": [{"propertyName": "order_total", "type": "number"}]}
+    path = f"{base}/v1/events/eventName/order_completed"
+    assert httpx.patch(path, json=patch, headers=h).status_code == 200
+    time.sleep(1.0)
+    assert codes() == {"UNKNOWN_PROPERTY"}
+    assert httpx.delete(path, headers=h).status_code == 200
+    time.sleep(1.0)
+    assert codes() == {"EVENT_NOT_FOUND"}

@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from shared.queue import Event
+from shared.queue import Event, Record
 
 
 class Linger:
@@ -49,7 +49,7 @@ class Linger:
 class GroupCommitter:
     def __init__(
         self,
-        write: Callable[[list[Event]], Awaitable[Any]],
+        write: Callable[[list[Event], list[Record]], Awaitable[Any]],
         linger: Linger,
         max_events: int,
         max_bytes: int,
@@ -59,17 +59,22 @@ class GroupCommitter:
         self._max_events = max_events
         self._max_bytes = max_bytes
         self._events: list[Event] = []
+        self._records: list[Record] = []
         self._futures: list[asyncio.Future[None]] = []
         self._bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._writes: set[asyncio.Task[None]] = set()
 
-    async def submit(self, event: Event, size: int) -> None:
-        """Return once `event` is in Redis; raise (QueueUnavailable) if its group failed."""
+    async def submit(self, event: Event, size: int, records: Sequence[Record] = ()) -> None:
+        """Return once `event` is in Redis; raise (QueueUnavailable) if its group failed.
+
+        `records` (an idempotency key's answer) are written in the same MULTI/EXEC as the
+        event's job: both are in Redis, or neither."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # A request cancelled while waiting must not leave an unread exception behind.
         future.add_done_callback(_consume_exception)
         self._events.append(event)
+        self._records.extend(records)
         self._futures.append(future)
         self._bytes += size
         if len(self._events) >= self._max_events or self._bytes >= self._max_bytes:
@@ -86,16 +91,18 @@ class GroupCommitter:
             self._timer = None
         if not self._events:
             return
-        events, futures = self._events, self._futures
-        self._events, self._futures, self._bytes = [], [], 0
+        events, records, futures = self._events, self._records, self._futures
+        self._events, self._records, self._futures, self._bytes = [], [], [], 0
         self._linger.observe(len(events))
-        task = asyncio.get_running_loop().create_task(self._commit(events, futures))
+        task = asyncio.get_running_loop().create_task(self._commit(events, records, futures))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
-    async def _commit(self, events: list[Event], futures: list[asyncio.Future[None]]) -> None:
+    async def _commit(
+        self, events: list[Event], records: list[Record], futures: list[asyncio.Future[None]]
+    ) -> None:
         try:
-            await self._write(events)
+            await self._write(events, records)
         except Exception as exc:  # every waiter of the group gets the same failure
             for f in futures:
                 if not f.done():

@@ -272,12 +272,17 @@ MESSAGES = {
     "INVALID_PROPERTY_VALUE": 'Property "order_total" must be a number',
     "CONTACT_NOT_FOUND": "Contact not found",
     "CONTACT_ALREADY_EXISTS": "Contact already exists",
+    "IDEMPOTENCY_KEY_IN_USE": (
+        "A request with this Idempotency-Key is still in progress; retry later"
+    ),
+    "IDEMPOTENCY_KEY_MISMATCH": "This Idempotency-Key was used with a different request body",
 }
 STATUS_TEXT = {
     400: "Bad request",
     401: "Missing, malformed, unknown or revoked API key",
     404: "Not found (NOT_FOUND: no such route, e.g. a path parameter holding a slash)",
     409: "Conflict",
+    422: "The request conflicts with an earlier one",
     413: "Body over its size limit (checked while reading, after gzip inflation)",
     500: "Unexpected failure (a bug, never bad input)",
     503: "Redis or the store is unreachable, or the backlog is over its limit",
@@ -382,6 +387,19 @@ def query_param(name: str, schema: Schema, description: str) -> Schema:
     }
 
 
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "1..255 printable ASCII characters, per project, kept "
+    "IDEMPOTENCY_TTL_SECONDS (24 h): a repeat with the same body answers the first answer "
+    "and makes no second event",
+    "schema": {"type": "string", "pattern": "^[\\x20-\\x7e]{1,255}$"},
+}
+REPLAYED = {
+    "description": "`true` when this is the first request's answer, replayed",
+    "schema": {"type": "string", "enum": ["true"]},
+}
 EVENT_NAME_PARAM = path_param(
     "eventName", EVENT_NAME | {"minLength": 1}, "The definition's eventName"
 )
@@ -527,10 +545,12 @@ PATHS: dict[str, Schema] = {
                     202,
                     success(
                         202,
-                        "Accepted and queued",
+                        "Accepted and queued (or, with `Idempotent-Replayed: true`, the answer "
+                        "given to the first request with this Idempotency-Key)",
                         ref("Event"),
                         {**STORED_EXAMPLE, "contactId": None, "status": "queued"},
-                    ),
+                    )
+                    | {"headers": {"Idempotent-Replayed": REPLAYED}},
                 ),
                 (
                     400,
@@ -543,8 +563,11 @@ PATHS: dict[str, Schema] = {
                     ),
                 ),
                 (404, error_response(404, "EVENT_NOT_FOUND")),
+                (409, error_response(409, "IDEMPOTENCY_KEY_IN_USE")),
+                (422, error_response(422, "IDEMPOTENCY_KEY_MISMATCH")),
             ),
             requestBody=body(SEND_BODY, SEND_EXAMPLE, MAX_SEND_BODY_BYTES),
+            parameters=[IDEMPOTENCY_KEY],
         )
     },
     "/v1/events/{eventId}": {

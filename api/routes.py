@@ -15,13 +15,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from api import idempotency
 from api.auth import authenticate
 from api.http import ok, parse_json, read_body
+from api.idempotency import Answer
 from shared import store
 from shared.db import transaction
-from shared.errors import NotFound, QueueUnavailable, ValidationFailed
+from shared.errors import EventpipeError, NotFound, QueueUnavailable, ValidationFailed
 from shared.ids import is_id
-from shared.queue import CONFIG_VERSION_KEY, PENDING_KEY, read_payload
+from shared.queue import CONFIG_VERSION_KEY, PENDING_KEY, Event, Record, read_payload
 from shared.schema import check_send
 from shared.settings import MAX_SEND_BODY_BYTES
 
@@ -78,11 +80,45 @@ async def send_event(request: Request) -> Response:
     state = request.app.state
     raw = await read_body(request, MAX_SEND_BODY_BYTES)
     project_id = authenticate(request, state.cache)
-    event = check_send(parse_json(raw), project_id, state.cache.definition_finder(project_id))
+    body = parse_json(raw)
+    event = check_send(body, project_id, state.cache.definition_finder(project_id))
+    key = request.headers.get(idempotency.HEADER)
+    if key is None:
+        await _enqueue(state, event, len(raw))
+        return _accepted(event)
+    claim = await state.idempotency.claim(project_id, key, body, event)
+    if isinstance(claim, Answer):
+        return _replayed(claim, event)
+    try:
+        answered = claim.answered(202, state.idempotency.ttl_seconds)
+        await _enqueue(state, event, len(raw), [answered])
+    except EventpipeError:
+        await state.idempotency.release(claim)
+        raise
+    return _accepted(event)
+
+
+async def _enqueue(state: Any, event: Event, size: int, records: list[Record] = []) -> None:  # noqa: B006
     state.backlog.check()
     state.backlog.added(1)
-    await state.committer.submit(event, len(raw))
+    await state.committer.submit(event, size, records)
+
+
+def _accepted(event: Event) -> Response:
     return ok({**store.queued_view(event), "status": "queued"}, 202)
+
+
+def _replayed(answer: Answer, event: Event) -> Response:
+    """The first request's answer, rebuilt from this one's event (same body, same fingerprint)
+    with the first one's id and acceptance time."""
+    view = {**store.queued_view(event), "id": answer.event_id, "createdAt": answer.created_at}
+    if answer.status == 201:
+        data = {**view, "contactId": answer.contact_id}
+    else:
+        data = {**view, "status": "queued"}
+    response = ok(data, answer.status)
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
 
 
 # --- GET /v1/events/{event_id} ---------------------------------------------------------

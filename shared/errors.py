@@ -115,5 +115,20 @@ def invalid_property_value(prop: str, expected: str) -> EventpipeError:
     return ValidationFailed(f'Property "{prop}" must be {expected}', code="INVALID_PROPERTY_VALUE")
 
 
+def idempotency_key_in_use() -> EventpipeError:
+    return Conflict(
+        "A request with this Idempotency-Key is still in progress; retry later",
+        code="IDEMPOTENCY_KEY_IN_USE",
+    )
+
+
+def idempotency_key_mismatch() -> EventpipeError:
+    return EventpipeError(
+        "This Idempotency-Key was used with a different request body",
+        code="IDEMPOTENCY_KEY_MISMATCH",
+        status=422,
+    )
+
+
 def contact_not_found() -> EventpipeError:
     return NotFound("Contact not found", code="CONTACT_NOT_FOUND")

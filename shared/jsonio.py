@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import orjson
 
-__all__ = ["OutOfRange", "dumps", "loads"]
+__all__ = ["OutOfRange", "canonical", "dumps", "loads"]
 
 # orjson's nesting limit; the fallback must not accept deeper documents than the fast path.
 _MAX_DEPTH: Final = 1024
@@ -65,6 +65,20 @@ def loads(data: bytes | str) -> Any:
 def dumps(obj: Any) -> bytes:
     """Encode job payloads and HTTP responses as compact UTF-8 JSON."""
     return orjson.dumps(obj)
+
+
+def canonical(obj: Any) -> bytes:
+    """One encoding per parsed document (keys sorted), to compare bodies as JSON, not bytes.
+
+    An out-of-range number (only possible in a field that validation ignores) is encoded as
+    its literal text."""
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS, default=_literal)
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, OutOfRange):
+        return f"OutOfRange({value.text})"
+    raise TypeError(f"not JSON: {type(value).__name__}")
 
 
 def _fallback_loads(data: bytes | str, fast_error: ValueError) -> Any:

@@ -45,6 +45,8 @@ STORED_KEY = "eventpipe:stats:stored"
 FAILED_KEY = "eventpipe:stats:failed"
 
 Event = dict[str, Any]
+# A Redis string written with a job, in the same transaction: (key, value, ttl seconds).
+Record = tuple[str, bytes, int]
 
 
 def make_payload(events: Sequence[Event], *, replay: bool = False) -> dict[str, Any]:
@@ -174,8 +176,9 @@ class JobWriter:
         )
         return {**self._shared, "data": data, "created_at": stamp, "enqueued_at": stamp}
 
-    def add(self, pipe: Any, events: Sequence[Event]) -> str:
-        """Queue the commands of one job carrying `events` and their pending marks on `pipe`."""
+    def add(self, pipe: Any, events: Sequence[Event], records: Sequence[Record] = ()) -> str:
+        """Queue the commands of one job carrying `events`, their pending marks and the
+        `records` that must exist exactly when the job does, on `pipe`."""
         job_id = new_job_id()
         fields = self.fields(events)
         pipe.sadd(self._queues_key, self._queue_key)
@@ -183,6 +186,8 @@ class JobWriter:
         pipe.rpush(self._queue_key, job_id)
         pipe.hset(PENDING_KEY, mapping={e["id"]: job_id for e in events})
         pipe.incrby(ACCEPTED_KEY, len(events))
+        for key, value, ttl in records:
+            pipe.set(key, value, ex=ttl)
         return job_id
 
 
@@ -202,12 +207,15 @@ def enqueue_events(writer: JobWriter, connection: redis.Redis, events: Sequence[
 
 
 async def enqueue_events_async(
-    writer: JobWriter, connection: aioredis.Redis, events: Sequence[Event]
+    writer: JobWriter,
+    connection: aioredis.Redis,
+    events: Sequence[Event],
+    records: Sequence[Record] = (),
 ) -> str:
     """`enqueue_events` for the event loop, through redis.asyncio."""
     try:
         async with connection.pipeline(transaction=True) as pipe:
-            job_id = writer.add(pipe, events)
+            job_id = writer.add(pipe, events, records)
             await pipe.execute()
     except redis.RedisError as exc:
         raise QueueUnavailable() from exc

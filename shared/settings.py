@@ -57,6 +57,10 @@ class Settings:
     db_statement_timeout_ms: int = 30_000
     redis_timeout_seconds: float = 5.0
     retry_after_seconds: int = 1
+    # Idempotency-Key: how long a key's answer is kept, and how long a request in flight
+    # holds the key (longer than any enqueue can take: the claim must outlive its request).
+    idempotency_ttl_seconds: int = 24 * 3600
+    idempotency_claim_seconds: int = 60
     worker_max_jobs: int = 0
     # How many more queued jobs a running job takes along (worker.claim); 0 turns it off.
     worker_claim_jobs: int = 50
@@ -98,6 +102,8 @@ ENV_NAMES: dict[str, str] = {
     "DB_STATEMENT_TIMEOUT_MS": "db_statement_timeout_ms",
     "REDIS_TIMEOUT_SECONDS": "redis_timeout_seconds",
     "RETRY_AFTER_SECONDS": "retry_after_seconds",
+    "IDEMPOTENCY_TTL_SECONDS": "idempotency_ttl_seconds",
+    "IDEMPOTENCY_CLAIM_SECONDS": "idempotency_claim_seconds",
     "WORKER_MAX_JOBS": "worker_max_jobs",
     "WORKER_CLAIM_JOBS": "worker_claim_jobs",
     "WORKER_MAINTENANCE_SECONDS": "worker_maintenance_seconds",

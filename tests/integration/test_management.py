@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import Engine, text
-from sqlalchemy.dialects import postgresql
 
 from shared.coercion import parse_date
 from shared.db import insert_ignoring_duplicates, transaction
@@ -129,14 +128,14 @@ def test_every_endpoint_and_error_code_on_postgres(
     }
     # Bad bodies: the envelope, never a 500.
     assert code_of(http.post("/v1/contacts", content=b"{nope")) == (400, "VALIDATION_FAILED")
-    big = b'{"email": "' + b"a" * (1 << 20) + b'"}'
-    assert code_of(http.post("/v1/contacts/email", content=big)) == (413, "PAYLOAD_TOO_LARGE")
+    oversized = b'{"email": "' + b"a" * (1 << 20) + b'"}'
+    assert code_of(http.post("/v1/contacts/email", content=oversized)) == (413, "PAYLOAD_TOO_LARGE")
     nul = http.post("/v1/contacts", json={"email": "n@example.com", "firstName": "a\x00b"})
     assert code_of(nul) == (400, "VALIDATION_FAILED")
 
 
 def _insert_events(engine: Engine, project_id: str, contact_id: str, n: int) -> list[str]:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "id": new_id(),
             "project_id": project_id,
@@ -173,7 +172,7 @@ def test_event_log_pages_stay_stable_while_events_arrive(
 
 
 def _plan(conn: Any, stmt: Any) -> str:
-    sql = stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
+    sql = stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
     return "\n".join(conn.execute(text(f"EXPLAIN {sql}")).scalars())
 
 

@@ -22,7 +22,7 @@ class Recorder:
         self.delay = delay
         self.fail = fail
 
-    async def __call__(self, events: list[dict[str, Any]]) -> None:
+    async def __call__(self, events: list[dict[str, Any]], records: list[Any]) -> None:
         await asyncio.sleep(self.delay)
         if self.fail:
             raise QueueUnavailable()

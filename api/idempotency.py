@@ -1,0 +1,135 @@
+"""Idempotency-Key: a producer's retry answers the first request's answer, never a second event.
+
+A key lives in Redis as one string, `eventpipe:idem:{project id}:{digest of the key}`:
+
+- claimed: written by the first request that uses the key, only if nothing holds it (one Lua
+  call that also answers what holds it), for `IDEMPOTENCY_CLAIM_SECONDS`;
+- answered: overwritten with the answer in the same MULTI/EXEC that puts the event on the
+  queue (GroupCommitter records), for `IDEMPOTENCY_TTL_SECONDS`.
+
+So a key never points to an event that is not in Redis, and one key never queues two events:
+a process that dies between the two steps leaves only the claim, which expires (the event
+never reached Redis, so a retry after that makes the one event). The claim outlives any
+enqueue: an enqueue that fails answers 503 and frees the key at once.
+
+A record holds the body's fingerprint, the event id, its acceptance time, the status answered
+and the contact id (for a synchronous answer): about a hundred bytes, not the body. A repeat
+rebuilds the answer from its own body, which has the same fingerprint.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from shared import errors, jsonio
+from shared.errors import QueueUnavailable, ValidationFailed
+from shared.queue import Event, Record
+
+HEADER = "idempotency-key"
+KEY_PREFIX = "eventpipe:idem:"
+_PRINTABLE = re.compile(r"[\x20-\x7e]{1,255}")
+IN_FLIGHT = 0
+
+# Claim the key if free; otherwise answer what holds it (one round trip, atomic).
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
+# Free the key only if it still holds our claim (after expiry another request may own it).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Answer:
+    fingerprint: str
+    event_id: str
+    created_at: str
+    status: int  # IN_FLIGHT while the first request has not answered
+    contact_id: str | None = None
+
+    def encode(self) -> bytes:
+        return jsonio.dumps(
+            [self.fingerprint, self.event_id, self.created_at, self.status, self.contact_id]
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Answer:
+        fingerprint, event_id, created_at, status, contact_id = jsonio.loads(raw)
+        return cls(fingerprint, event_id, created_at, status, contact_id)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A key this request holds: what to write with its event, or to free on failure."""
+
+    redis_key: str
+    held: Answer
+
+    def answered(self, status: int, ttl: int, contact_id: str | None = None) -> Record:
+        answer = Answer(
+            self.held.fingerprint, self.held.event_id, self.held.created_at, status, contact_id
+        )
+        return (self.redis_key, answer.encode(), ttl)
+
+
+def check_key(value: str) -> str:
+    if not _PRINTABLE.fullmatch(value):
+        message = "Idempotency-Key must be 1 to 255 printable ASCII characters"
+        raise ValidationFailed(message, details=[{"field": "Idempotency-Key", "message": message}])
+    return value
+
+
+def fingerprint(body: Any) -> str:
+    """The body as parsed JSON (key order and spacing do not count), hashed: 128 bits."""
+    digest = hashlib.sha256(jsonio.canonical(body)).digest()[:16]
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def redis_key(project_id: str, key: str) -> str:
+    digest = hashlib.sha256(key.encode()).digest()[:16]
+    return f"{KEY_PREFIX}{project_id}:{base64.urlsafe_b64encode(digest).decode().rstrip('=')}"
+
+
+class Idempotency:
+    def __init__(self, redis: aioredis.Redis, claim_seconds: int, ttl_seconds: int) -> None:
+        self._claim = redis.register_script(_CLAIM)
+        self._release = redis.register_script(_RELEASE)
+        self.claim_seconds = claim_seconds
+        self.ttl_seconds = ttl_seconds
+
+    async def claim(self, project_id: str, key: str, body: Any, event: Event) -> Claim | Answer:
+        """This request's claim on `key`, or the answer of the request that made the event
+        (raises 409 while that one is in flight, 422 if its body differs)."""
+        ours = Answer(fingerprint(body), event["id"], event["createdAt"], IN_FLIGHT)
+        name = redis_key(project_id, check_key(key))
+        try:
+            held = await self._claim(keys=[name], args=[ours.encode(), self.claim_seconds])
+        except RedisError as exc:
+            raise QueueUnavailable() from exc
+        if held is None:
+            return Claim(name, ours)
+        answer = Answer.decode(held)
+        if answer.fingerprint != ours.fingerprint:
+            raise errors.idempotency_key_mismatch()
+        if answer.status == IN_FLIGHT:
+            raise errors.idempotency_key_in_use()
+        return answer
+
+    async def release(self, claim: Claim) -> None:
+        """Free a claim whose request failed, so that a retry need not wait for its expiry."""
+        try:
+            await self._release(keys=[claim.redis_key], args=[claim.held.encode()])
+        except RedisError:
+            pass  # it expires after claim_seconds

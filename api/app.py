@@ -23,6 +23,7 @@ from api.backlog import Backlog
 from api.committer import GroupCommitter, Linger
 from api.config_cache import ConfigCache
 from api.http import error_response
+from api.idempotency import Idempotency
 from shared import store
 from shared.db import make_engine, transaction
 from shared.errors import EventpipeError, NotFound
@@ -120,7 +121,9 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         settings.config_reload_seconds,
     )
     state.committer = GroupCommitter(
-        lambda events: enqueue_events_async(state.writer, state.redis, events),
+        lambda events, records: enqueue_events_async(
+            state.writer, state.redis, events, records
+        ),
         Linger(
             settings.group_target_events,
             settings.group_linger_ms / 1000,
@@ -128,6 +131,9 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         ),
         settings.group_max_events,
         settings.group_max_bytes,
+    )
+    state.idempotency = Idempotency(
+        state.redis, settings.idempotency_claim_seconds, settings.idempotency_ttl_seconds
     )
     state.backlog = Backlog(state.redis, settings.max_queued_events, settings.backlog_poll_seconds)
     await state.cache.start()

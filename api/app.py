@@ -24,6 +24,7 @@ from api.committer import GroupCommitter, Linger
 from api.config_cache import ConfigCache
 from api.http import error_response
 from api.idempotency import Idempotency
+from api.outcomes import Outcomes
 from shared import store
 from shared.db import make_engine, transaction
 from shared.errors import EventpipeError, NotFound
@@ -136,7 +137,9 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         state.redis, settings.idempotency_claim_seconds, settings.idempotency_ttl_seconds
     )
     state.backlog = Backlog(state.redis, settings.max_queued_events, settings.backlog_poll_seconds)
+    state.outcomes = Outcomes(state.async_redis or _subscriber(settings))
     await state.cache.start()
+    await state.outcomes.start()
     await state.backlog.start()
     _tune_gc()
     try:
@@ -146,9 +149,20 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         await state.committer.close()
         await state.backlog.stop()
         await state.cache.stop()
+        await state.outcomes.stop()
         await state.redis.aclose()
         state.queue.connection.close()
         state.engine.dispose()
+
+
+def _subscriber(settings: Settings) -> aioredis.Redis:
+    """The pub/sub connection of `Prefer: wait`: no read timeout (it waits for messages by
+    design), keepalive so that a dead peer is noticed."""
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+        socket_keepalive=True,
+    )
 
 
 def _tune_gc() -> None:

@@ -20,6 +20,7 @@ rebuilds the answer from its own body, which has the same fingerprint.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import re
 from dataclasses import dataclass
@@ -104,6 +105,7 @@ def redis_key(project_id: str, key: str) -> str:
 
 class Idempotency:
     def __init__(self, redis: aioredis.Redis, claim_seconds: int, ttl_seconds: int) -> None:
+        self._redis = redis
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)
         self.claim_seconds = claim_seconds
@@ -126,6 +128,19 @@ class Idempotency:
         if answer.status == IN_FLIGHT:
             raise errors.idempotency_key_in_use()
         return answer
+
+    async def settle(self, claim: Claim, status: int, contact_id: str | None) -> None:
+        """Replace the enqueue's answer (202) by the one the request finally gave (201 after
+        a wait). Best effort: a repeat would otherwise answer the 202, also true."""
+        record_key, value, _ = claim.answered(status, self.ttl_seconds, contact_id)
+        with contextlib.suppress(RedisError):
+            await self._redis.set(record_key, value, xx=True, keepttl=True)
+
+    async def forget(self, claim: Claim) -> None:
+        """The request answered that nothing was recorded (404 after a wait): the key is free
+        again, as after a refused request."""
+        with contextlib.suppress(RedisError):
+            await self._redis.delete(claim.redis_key)
 
     async def release(self, claim: Claim) -> None:
         """Free a claim whose request failed, so that a retry need not wait for its expiry."""

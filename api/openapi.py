@@ -272,6 +272,7 @@ MESSAGES = {
     "INVALID_PROPERTY_VALUE": 'Property "order_total" must be a number',
     "CONTACT_NOT_FOUND": "Contact not found",
     "CONTACT_ALREADY_EXISTS": "Contact already exists",
+    "CONTACT_NOT_FOUND_FOR_EVENT": "Contact not found for the provided email or contactId",
     "IDEMPOTENCY_KEY_IN_USE": (
         "A request with this Idempotency-Key is still in progress; retry later"
     ),
@@ -396,6 +397,19 @@ IDEMPOTENCY_KEY = {
     "and makes no second event",
     "schema": {"type": "string", "pattern": "^[\\x20-\\x7e]{1,255}$"},
 }
+PREFER = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "description": "`wait=N` (RFC 7240): answer when the worker is done, up to N seconds "
+    "(capped by MAX_WAIT_SECONDS): 201 with the stored record, or 404 "
+    "CONTACT_NOT_FOUND_FOR_EVENT with nothing recorded; after N seconds, the usual 202",
+    "schema": {"type": "string", "examples": ["wait=10"]},
+}
+APPLIED = {
+    "description": "`wait=N` when the wait was honoured (N as capped)",
+    "schema": {"type": "string", "pattern": "^wait=[0-9]+$"},
+}
 REPLAYED = {
     "description": "`true` when this is the first request's answer, replayed",
     "schema": {"type": "string", "enum": ["true"]},
@@ -432,6 +446,19 @@ DEFINITION_INPUT = _obj(
         },
     },
     ["eventName"],
+)
+STORED_RECORD = _obj(
+    {
+        "id": ID,
+        "eventName": {"type": "string"},
+        "contactId": ID,
+        "properties": {
+            "type": "object",
+            "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+        },
+        "createdAt": TIMESTAMP,
+    },
+    ["id", "eventName", "contactId", "properties", "createdAt"],
 )
 SEND_BODY = _obj(
     {
@@ -550,7 +577,7 @@ PATHS: dict[str, Schema] = {
                         ref("Event"),
                         {**STORED_EXAMPLE, "contactId": None, "status": "queued"},
                     )
-                    | {"headers": {"Idempotent-Replayed": REPLAYED}},
+                    | {"headers": {"Idempotent-Replayed": REPLAYED, "Preference-Applied": APPLIED}},
                 ),
                 (
                     400,
@@ -562,12 +589,29 @@ PATHS: dict[str, Schema] = {
                         "INVALID_PROPERTY_VALUE",
                     ),
                 ),
-                (404, error_response(404, "EVENT_NOT_FOUND")),
+                (
+                    201,
+                    success(
+                        201,
+                        "With `Prefer: wait=N`: stored within N seconds (AutoSend's answer)",
+                        STORED_RECORD,
+                        {k: v for k, v in STORED_EXAMPLE.items() if k != "status"},
+                    )
+                    | {"headers": {"Preference-Applied": APPLIED, "Idempotent-Replayed": REPLAYED}},
+                ),
+                (
+                    404,
+                    error_response(404, "EVENT_NOT_FOUND", "CONTACT_NOT_FOUND_FOR_EVENT")
+                    | {
+                        "description": "EVENT_NOT_FOUND; with `Prefer: wait=N`, "
+                        "CONTACT_NOT_FOUND_FOR_EVENT: no such contact, nothing recorded",
+                    },
+                ),
                 (409, error_response(409, "IDEMPOTENCY_KEY_IN_USE")),
                 (422, error_response(422, "IDEMPOTENCY_KEY_MISMATCH")),
             ),
             requestBody=body(SEND_BODY, SEND_EXAMPLE, MAX_SEND_BODY_BYTES),
-            parameters=[IDEMPOTENCY_KEY],
+            parameters=[IDEMPOTENCY_KEY, PREFER],
         )
     },
     "/v1/events/{eventId}": {

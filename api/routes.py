@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -17,13 +18,20 @@ from starlette.routing import Route
 
 from api import idempotency
 from api.auth import authenticate
-from api.http import ok, parse_json, read_body
-from api.idempotency import Answer
+from api.http import error_response, ok, parse_json, read_body
+from api.idempotency import Answer, Claim
+from api.outcomes import Outcome, parse_prefer_wait
 from shared import store
 from shared.db import transaction
-from shared.errors import EventpipeError, NotFound, QueueUnavailable, ValidationFailed
+from shared.errors import (
+    EventpipeError,
+    NotFound,
+    QueueUnavailable,
+    ValidationFailed,
+    contact_not_found_for_event,
+)
 from shared.ids import is_id
-from shared.queue import CONFIG_VERSION_KEY, PENDING_KEY, Event, Record, read_payload
+from shared.queue import CONFIG_VERSION_KEY, FAILED_KEY, PENDING_KEY, Event, read_payload
 from shared.schema import check_send
 from shared.settings import MAX_SEND_BODY_BYTES
 
@@ -82,26 +90,36 @@ async def send_event(request: Request) -> Response:
     project_id = authenticate(request, state.cache)
     body = parse_json(raw)
     event = check_send(body, project_id, state.cache.definition_finder(project_id))
+    claim = None
     key = request.headers.get(idempotency.HEADER)
-    if key is None:
-        await _enqueue(state, event, len(raw))
+    if key is not None:
+        held = await state.idempotency.claim(project_id, key, body, event)
+        if isinstance(held, Answer):
+            return _replayed(held, event)
+        claim = held
+    wait = parse_prefer_wait(request.headers.get("prefer"), state.settings.max_wait_seconds)
+    if not wait:
+        await _enqueue(state, event, len(raw), claim)
         return _accepted(event)
-    claim = await state.idempotency.claim(project_id, key, body, event)
-    if isinstance(claim, Answer):
-        return _replayed(claim, event)
+    event["wait"] = True  # the worker publishes this event's outcome
+    with state.outcomes.expect(event["id"]) as outcome:
+        await _enqueue(state, event, len(raw), claim)
+        response = await _when_done(request, event, outcome, wait, claim)
+    response.headers["Preference-Applied"] = f"wait={wait}"
+    return response
+
+
+async def _enqueue(state: Any, event: Event, size: int, claim: Claim | None) -> None:
+    """Into the next group; the key's answer (if any) goes in the same MULTI/EXEC."""
+    records = [claim.answered(202, state.idempotency.ttl_seconds)] if claim else []
     try:
-        answered = claim.answered(202, state.idempotency.ttl_seconds)
-        await _enqueue(state, event, len(raw), [answered])
+        state.backlog.check()
+        state.backlog.added(1)
+        await state.committer.submit(event, size, records)
     except EventpipeError:
-        await state.idempotency.release(claim)
+        if claim is not None:
+            await state.idempotency.release(claim)
         raise
-    return _accepted(event)
-
-
-async def _enqueue(state: Any, event: Event, size: int, records: list[Record] = []) -> None:  # noqa: B006
-    state.backlog.check()
-    state.backlog.added(1)
-    await state.committer.submit(event, size, records)
 
 
 def _accepted(event: Event) -> Response:
@@ -111,14 +129,57 @@ def _accepted(event: Event) -> Response:
 def _replayed(answer: Answer, event: Event) -> Response:
     """The first request's answer, rebuilt from this one's event (same body, same fingerprint)
     with the first one's id and acceptance time."""
-    view = {**store.queued_view(event), "id": answer.event_id, "createdAt": answer.created_at}
-    if answer.status == 201:
-        data = {**view, "contactId": answer.contact_id}
+    first = {**event, "id": answer.event_id, "createdAt": answer.created_at}
+    response: Response
+    if answer.status == 201 and answer.contact_id is not None:
+        response = ok(store.stored_view(first, answer.contact_id), 201)
     else:
-        data = {**view, "status": "queued"}
-    response = ok(data, answer.status)
+        response = _accepted(first)
     response.headers["Idempotent-Replayed"] = "true"
     return response
+
+
+async def _when_done(
+    request: Request, event: Event, outcome: Any, wait: int, claim: Claim | None
+) -> Response:
+    """AutoSend's synchronous answer once the worker is done, or the 202 after `wait` s."""
+    state = request.app.state
+    try:
+        done: Outcome = await asyncio.wait_for(asyncio.shield(outcome), wait)
+    except TimeoutError:
+        return _accepted(event)
+    if done.status == "stored" and done.contact_id is not None:
+        if claim is not None:
+            await state.idempotency.settle(claim, 201, done.contact_id)
+        return ok(store.stored_view(event, done.contact_id), 201)
+    not_found = contact_not_found_for_event()
+    if done.code == not_found.code and await _forget_failed(request, event):
+        if claim is not None:
+            await state.idempotency.forget(claim)
+        return error_response(not_found, state.settings.retry_after_seconds)
+    # Any other failure is kept for an operator to replay: the event was accepted.
+    return _accepted(event)
+
+
+async def _forget_failed(request: Request, event: Event) -> bool:
+    """As AutoSend answers 404 having recorded nothing, remove what the worker recorded of
+    the failure (store row, RQ failed job, failure count). False if that cannot be done now:
+    the answer is then the 202, and the failure stays listed for replay."""
+    state = request.app.state
+
+    def forget() -> None:
+        with transaction(state.engine) as conn:
+            store.forget_failed_event(event["projectId"], event["id"], conn=conn)
+        queue = state.queue
+        queue.failed_job_registry.remove(event["id"], delete_job=True)
+        queue.connection.hincrby(FAILED_KEY, contact_not_found_for_event().code, -1)
+
+    try:
+        await in_db_thread(request, forget)
+    except (EventpipeError, RedisError, NoSuchJobError):
+        log.warning("could not remove the failed event %s after a wait", event["id"])
+        return False
+    return True
 
 
 # --- GET /v1/events/{event_id} ---------------------------------------------------------

@@ -43,6 +43,8 @@ JOB_DESCRIPTION = "eventpipe: store events"
 ACCEPTED_KEY = "eventpipe:stats:accepted"
 STORED_KEY = "eventpipe:stats:stored"
 FAILED_KEY = "eventpipe:stats:failed"
+# Workers publish here the outcome of events sent with `Prefer: wait` (api/outcomes.py).
+OUTCOMES_CHANNEL = "eventpipe:outcomes"
 
 Event = dict[str, Any]
 # A Redis string written with a job, in the same transaction: (key, value, ttl seconds).

@@ -61,6 +61,8 @@ class Settings:
     # holds the key (longer than any enqueue can take: the claim must outlive its request).
     idempotency_ttl_seconds: int = 24 * 3600
     idempotency_claim_seconds: int = 60
+    # `Prefer: wait=N` is honoured up to this many seconds.
+    max_wait_seconds: int = 30
     worker_max_jobs: int = 0
     # How many more queued jobs a running job takes along (worker.claim); 0 turns it off.
     worker_claim_jobs: int = 50
@@ -104,6 +106,7 @@ ENV_NAMES: dict[str, str] = {
     "RETRY_AFTER_SECONDS": "retry_after_seconds",
     "IDEMPOTENCY_TTL_SECONDS": "idempotency_ttl_seconds",
     "IDEMPOTENCY_CLAIM_SECONDS": "idempotency_claim_seconds",
+    "MAX_WAIT_SECONDS": "max_wait_seconds",
     "WORKER_MAX_JOBS": "worker_max_jobs",
     "WORKER_CLAIM_JOBS": "worker_claim_jobs",
     "WORKER_MAINTENANCE_SECONDS": "worker_maintenance_seconds",

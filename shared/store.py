@@ -17,7 +17,15 @@ from shared.errors import Conflict, EventpipeError, NotFound
 from shared.eventlog import stored_json
 from shared.ids import new_id
 from shared.keys import NewKey, generate_key
-from shared.models import api_keys, contacts, event_definitions, events, failed_events, projects
+from shared.models import (
+    api_keys,
+    contacts,
+    event_definitions,
+    events,
+    failed_event_attempts,
+    failed_events,
+    projects,
+)
 from shared.settings import MAX_DEFINITIONS_PER_PROJECT
 
 # --- projects and keys -------------------------------------------------------------------
@@ -338,6 +346,22 @@ def find_outcome(project_id: str, event_id: str, *, conn: Connection) -> dict[st
         "status": "failed",
         "error": {"code": failed.code, "message": failed.message},
     }
+
+
+def forget_failed_event(project_id: str, event_id: str, *, conn: Connection) -> None:
+    """Remove every record of a failed event (its attempts go with it: ON DELETE CASCADE,
+    deleted here too for SQLite, which enforces it only with foreign keys on)."""
+    conn.execute(delete(failed_event_attempts).where(failed_event_attempts.c.event_id == event_id))
+    conn.execute(
+        delete(failed_events).where(
+            failed_events.c.id == event_id, failed_events.c.project_id == project_id
+        )
+    )
+
+
+def stored_view(event: dict[str, Any], contact_id: str) -> dict[str, Any]:
+    """AutoSend's synchronous answer: the stored record (`Prefer: wait`'s 201)."""
+    return {**queued_view(event), "contactId": contact_id}
 
 
 def queued_view(event: dict[str, Any]) -> dict[str, Any]:

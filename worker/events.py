@@ -18,6 +18,7 @@ from shared.queue import Event
 @dataclass
 class BatchOutcome:
     stored: list[Event] = field(default_factory=list)
+    contacts: dict[str, str] = field(default_factory=dict)  # stored event id -> contact id
     # Rows actually added: fewer than `stored` when a redelivered job met its own rows.
     inserted: int = 0
     failed: list[tuple[Event, errors.EventpipeError]] = field(default_factory=list)
@@ -43,6 +44,7 @@ def store_batch(engine: Engine, batch: Sequence[Event], *, replay: bool = False)
                 outcome.failed.append((event, errors.contact_not_found_for_event()))
             else:
                 outcome.stored.append(event)
+                outcome.contacts[event["id"]] = contact_id
                 rows.append(event_row(event, contact_id, now))
         outcome.inserted = insert_ignoring_duplicates(conn, events, rows)
         record_failures(

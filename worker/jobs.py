@@ -8,10 +8,12 @@ from typing import Any
 from rq import get_current_job
 from rq.job import JobStatus
 
+from shared import jsonio
 from shared.errors import EventpipeError
 from shared.queue import (
     FAILED_KEY,
     JOB_FUNC,
+    OUTCOMES_CHANNEL,
     PENDING_KEY,
     REPLAY_JOB_PREFIX,
     STORED_KEY,
@@ -66,7 +68,20 @@ def _finish(
         if split_failures:
             for event, error in outcome.failed:
                 _add_failed_job(ctx, event, error, pipe)
+        _announce(pipe, outcome)
         pipe.execute()
+
+
+def _announce(pipe: Any, outcome: BatchOutcome) -> None:
+    """Publish the outcome of the events sent with `Prefer: wait` (api/outcomes.py): after
+    the commit, in the transaction that records their failures, so that an API answering
+    404 finds the failure to remove."""
+    items = [
+        [e["id"], "stored", outcome.contacts[e["id"]]] for e in outcome.stored if e.get("wait")
+    ]
+    items += [[e["id"], "failed", error.code] for e, error in outcome.failed if e.get("wait")]
+    if items:
+        pipe.publish(OUTCOMES_CHANNEL, jsonio.dumps(items))
 
 
 def _count_outcome(pipe: Any, outcome: BatchOutcome) -> None:

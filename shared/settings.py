@@ -66,7 +66,10 @@ class Settings:
     worker_max_jobs: int = 0
     # How many more queued jobs a running job takes along (worker.claim); 0 turns it off.
     worker_claim_jobs: int = 50
-    worker_maintenance_seconds: int = 30
+    # A killed worker's job is found abandoned and retried within about
+    # worker_heartbeat_seconds + 2 * worker_maintenance_seconds (README, "Guarantees").
+    worker_heartbeat_seconds: int = 15
+    worker_maintenance_seconds: int = 10
     log_level: str = "INFO"
     # "text" or "json" (one JSON object a line, per request and per job).
     log_format: str = "text"
@@ -109,6 +112,7 @@ ENV_NAMES: dict[str, str] = {
     "MAX_WAIT_SECONDS": "max_wait_seconds",
     "WORKER_MAX_JOBS": "worker_max_jobs",
     "WORKER_CLAIM_JOBS": "worker_claim_jobs",
+    "WORKER_HEARTBEAT_SECONDS": "worker_heartbeat_seconds",
     "WORKER_MAINTENANCE_SECONDS": "worker_maintenance_seconds",
     "LOG_LEVEL": "log_level",
     "LOG_FORMAT": "log_format",

@@ -7,10 +7,12 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from types import FrameType
 from typing import Any
 
+from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
@@ -26,6 +28,16 @@ class EventWorker(SimpleWorker):
     """A SimpleWorker (no fork per job, so the engine's pool survives between jobs) that turns
     a store outage into a pause instead of a failure: the job goes back to the front of the
     queue and the worker stops dequeuing until the store answers again."""
+
+    def get_heartbeat_ttl(self, job: Any) -> int:
+        # RQ's SimpleWorker keeps a job in the started registry for its timeout + 60 s and
+        # never renews it: a killed worker's job waited ~2.5 min to be found abandoned. A
+        # short entry, renewed while the job runs (_JobHeartbeat), is found within seconds.
+        return get_context().settings.worker_heartbeat_seconds
+
+    def perform_job(self, job: Any, queue: Any) -> bool:
+        with _JobHeartbeat(self, job, self.get_heartbeat_ttl(job)):
+            return bool(super().perform_job(job, queue))
 
     def handle_exception(self, job: Any, *exc_info: Any) -> None:
         if isinstance(exc_info[1], StoreUnavailable):
@@ -62,6 +74,36 @@ class EventWorker(SimpleWorker):
         log.info("store reachable, resuming")
 
 
+class _JobHeartbeat:
+    """Renews the running job's started-registry entry every third of its TTL, from a thread
+    (the job runs in this one), so that only a dead worker's job ever expires."""
+
+    def __init__(self, worker: EventWorker, job: Any, ttl: int) -> None:
+        self._worker, self._job, self._ttl = worker, job, ttl
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="job-heartbeat", daemon=True)
+
+    def __enter__(self) -> None:
+        self._thread.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._ttl / 3):
+            execution = self._worker.execution
+            if execution is None:
+                continue
+            try:
+                with self._worker.connection.pipeline() as pipe:
+                    execution.heartbeat(self._job.started_job_registry, self._ttl, pipe)
+                    self._worker.heartbeat(self._ttl + 60, pipeline=pipe)
+                    pipe.execute()
+            except RedisError as exc:  # the next beat may get through; the job goes on
+                log.warning("job heartbeat failed: %s", exc)
+
+
 def run_worker(burst: bool = False) -> bool:
     ctx = get_context()
     settings = ctx.settings
@@ -71,6 +113,9 @@ def run_worker(burst: bool = False) -> bool:
         connection=ctx.redis,
         serializer=JSONSerializer,
         maintenance_interval=settings.worker_maintenance_seconds,
+        # An idle worker blocks on the queue for worker_ttl - 15 s between maintenance runs
+        # (RQ's rule): this keeps the abandoned-job check at the maintenance interval.
+        worker_ttl=settings.worker_maintenance_seconds + 15,
     )
     return bool(
         worker.work(

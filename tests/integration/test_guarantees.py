@@ -1,0 +1,323 @@
+"""Delivery guarantees against real processes: `Prefer: wait`, idempotent retries, and faults
+that must lose and double nothing. Rows are counted at the end against the ids the API
+accepted. A test that stops or kills a server runs its own instance of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from sqlalchemy import Engine, create_engine, func, select
+
+from shared.db import transaction
+from shared.migrations import upgrade
+from shared.models import events, failed_events
+from shared.queue import PENDING_KEY
+from tests.integration.conftest import REDIS_URL, service_env
+from tests.integration.services import (
+    PostgresCluster,
+    Proc,
+    RedisServer,
+    run_cli,
+    start_api,
+    start_worker,
+    wait_until,
+)
+from tests.integration.test_pipeline import SEED, SEED_DEFINITION, auth
+
+
+def _project(env: dict[str, str], base: str, contact: bool = True) -> str:
+    key: str = json.loads(run_cli(env, "projects", "create", "acme", "--json"))["apiKey"]
+    with httpx.Client(base_url=base, headers=auth(key), timeout=10) as http:
+        wait_until(lambda: http.get("/v1/events").status_code == 200, 5, "the new key")
+        assert http.post("/v1/events", json=SEED_DEFINITION).status_code == 201
+        if contact:
+            assert http.post("/v1/contacts/email", json={"email": "jane@example.com"}).is_success
+    return key
+
+
+def _stored_ids(engine: Engine) -> list[str]:
+    with transaction(engine) as conn:
+        return list(conn.execute(select(events.c.id)).scalars())
+
+
+def _count(engine: Engine, table: Any) -> int:
+    with transaction(engine) as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar() or 0)
+
+
+class Load:
+    """Threads sending the seed event until stopped; keeps the ids answered 202."""
+
+    def __init__(self, base: str, key: str, threads: int = 4) -> None:
+        self.accepted: list[str] = []
+        self.statuses: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, args=(base, key), daemon=True)
+            for _ in range(threads)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _run(self, base: str, key: str) -> None:
+        with httpx.Client(base_url=base, headers=auth(key), timeout=10) as http:
+            while not self._stop.is_set():
+                try:
+                    r = http.post("/v1/events/send", json=SEED)
+                except httpx.HTTPError:
+                    time.sleep(0.05)
+                    continue
+                with self._lock:
+                    self.statuses[r.status_code] = self.statuses.get(r.status_code, 0) + 1
+                    if r.status_code == 202:
+                        self.accepted.append(r.json()["data"]["id"])
+                if r.status_code != 202:
+                    time.sleep(0.05)
+
+    def stop(self) -> list[str]:
+        self._stop.set()
+        for t in self._threads:
+            t.join(15)
+        return list(self.accepted)
+
+
+# --- Prefer: wait ------------------------------------------------------------------------
+
+
+def test_prefer_wait_gives_autosends_answers(
+    env: dict[str, str], engine: Engine, redis_client: redis.Redis, procs_cleanup: list[Proc]
+) -> None:
+    api, base = start_api(env, workers=2)
+    procs_cleanup.append(api)
+    key = _project(env, base)
+    wait = {"Prefer": "wait=10"}
+    with httpx.Client(base_url=base, headers=auth(key), timeout=30) as http:
+        # No worker yet: after the wait, the usual 202; the event goes on.
+        late = http.post("/v1/events/send", json=SEED, headers={"Prefer": "wait=1"})
+        assert late.status_code == 202 and late.headers["Preference-Applied"] == "wait=1"
+        procs_cleanup.append(start_worker(env))
+        wait_until(lambda: _stored_ids(engine) == [late.json()["data"]["id"]], 30, "stored")
+
+        # Both API processes get their waiters' outcomes (one subscription each): a new
+        # connection per request, in parallel, reaches both.
+        def waited(_: int) -> httpx.Response:
+            return httpx.post(
+                f"{base}/v1/events/send", json=SEED, headers=auth(key) | wait, timeout=30
+            )
+
+        with ThreadPoolExecutor(10) as pool:
+            answers = list(pool.map(waited, range(10)))
+        assert {a.status_code for a in answers} == {201}
+        contact = http.post("/v1/contacts/email", json={"email": "jane@example.com"})
+        assert {a.json()["data"]["contactId"] for a in answers} == {contact.json()["data"]["id"]}
+
+        unknown = {**SEED, "email": "nobody@example.com"}
+        missing = http.post("/v1/events/send", json=unknown, headers=wait)
+        assert missing.status_code == 404
+        assert missing.json()["error"]["code"] == "CONTACT_NOT_FOUND_FOR_EVENT"
+    # As AutoSend: nothing recorded, neither in the store nor in RQ's failed registry.
+    assert _count(engine, failed_events) == 0
+    assert redis_client.zcard("rq:failed:eventpipe") == 0
+    assert _count(engine, events) == 11
+
+
+# --- fault 5: the same key retried in parallel while a worker is killed ---------------
+
+
+def test_parallel_retries_of_one_key_make_one_event_while_a_worker_dies(
+    env: dict[str, str], engine: Engine, procs_cleanup: list[Proc]
+) -> None:
+    api, base = start_api(env)
+    procs_cleanup.append(api)
+    key = _project(env, base)
+    first_worker = start_worker(env)
+    procs_cleanup.append(first_worker)
+    headers = auth(key) | {"Idempotency-Key": "checkout-42"}
+
+    def attempt(_: int) -> httpx.Response:
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+            return http.post("/v1/events/send", json=SEED)
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(attempt, range(20)))
+        os.kill(first_worker.proc.pid, signal.SIGKILL)
+    procs_cleanup.append(start_worker(env))
+    # Every answer is the one event, or "in flight, retry": never a second event.
+    assert {a.status_code for a in answers} <= {202, 409}
+    ids = {a.json()["data"]["id"] for a in answers if a.status_code == 202}
+    assert len(ids) == 1
+    retried = [attempt(0) for _ in range(3)]
+    assert {r.json()["data"]["id"] for r in retried} == ids
+    assert all(r.headers.get("Idempotent-Replayed") == "true" for r in retried)
+    wait_until(lambda: _stored_ids(engine) == list(ids), 60, "the one event stored")
+    time.sleep(1)
+    assert _stored_ids(engine) == list(ids)
+
+
+# --- fault 2: PostgreSQL stopped for 60 s under load --------------------------------------
+
+
+@pytest.fixture
+def pg_cluster() -> Iterator[PostgresCluster]:
+    cluster = PostgresCluster()
+    yield cluster
+    cluster.close()
+
+
+def test_a_60_second_store_outage_under_load_loses_and_doubles_nothing(
+    pg_cluster: PostgresCluster, redis_client: redis.Redis, procs_cleanup: list[Proc]
+) -> None:
+    upgrade(pg_cluster.url)
+    env = service_env(pg_cluster.url, REDIS_URL)
+    api, base = start_api(env)
+    procs_cleanup.append(api)
+    key = _project(env, base)
+    for _ in range(2):
+        procs_cleanup.append(start_worker(env))
+    load = Load(base, key, threads=3)
+    time.sleep(3)
+    pg_cluster.stop()
+    time.sleep(60)
+    during = len(load.accepted)
+    pg_cluster.start()
+    time.sleep(3)
+    accepted = load.stop()
+    assert during > 0 and len(accepted) > during  # the API kept accepting throughout
+    engine = create_engine(pg_cluster.url)
+    try:
+        wait_until(lambda: redis_client.hlen(PENDING_KEY) == 0, 120, "the backlog to drain")
+        stored = _stored_ids(engine)
+        assert len(stored) == len(set(stored))
+        assert set(stored) == set(accepted)
+        assert _count(engine, failed_events) == 0
+        assert redis_client.zcard("rq:failed:eventpipe") == 0
+    finally:
+        engine.dispose()
+
+
+# --- fault 3: Redis away and back, with the same API and workers --------------------------
+
+
+def test_sending_works_again_when_redis_is_back_without_restarts(
+    database_url: str, engine: Engine, procs_cleanup: list[Proc]
+) -> None:
+    server = RedisServer()
+    try:
+        env = service_env(database_url, server.url)
+        api, base = start_api(env)
+        procs_cleanup.append(api)
+        key = _project(env, base)
+        procs_cleanup.append(start_worker(env))
+        with httpx.Client(base_url=base, headers=auth(key), timeout=10) as http:
+            before = http.post("/v1/events/send", json=SEED).json()["data"]["id"]
+            wait_until(lambda: _stored_ids(engine) == [before], 30, "the first event stored")
+            server.stop()
+            down = [http.post("/v1/events/send", json=SEED) for _ in range(5)]
+            assert {(a.status_code, a.json()["error"]["code"]) for a in down} == {
+                (503, "SERVICE_UNAVAILABLE")
+            }
+            assert all(a.headers.get("Retry-After") for a in down)
+            server.start()  # empty: no AOF; the keys and definitions come from the store
+            wait_until(
+                lambda: http.post("/v1/events/send", json=SEED).status_code == 202,
+                20,
+                "sends to be accepted again",
+            )
+            after = http.post("/v1/events/send", json=SEED).json()["data"]["id"]
+        # The same worker process takes the new events from the restarted Redis.
+        wait_until(lambda: after in _stored_ids(engine), 60, "an event sent after the restart")
+    finally:
+        server.close()
+
+
+# --- fault 6: the backlog over its limit, under load ---------------------------------------
+
+
+def test_a_backlog_over_its_limit_refuses_before_redis_would(
+    database_url: str, engine: Engine, procs_cleanup: list[Proc]
+) -> None:
+    """Redis capped at 4 MB with noeviction: with no backpressure the load would fill it
+    within seconds, and Redis would answer OOM to writes. The API refuses first (503 with
+    Retry-After), Redis refuses nothing, and sends succeed again once workers drain."""
+    server = RedisServer(config={"maxmemory": "4mb", "maxmemory-policy": "noeviction"})
+    try:
+        env = service_env(database_url, server.url, MAX_QUEUED_EVENTS="5000")
+        api, base = start_api(env)
+        procs_cleanup.append(api)
+        key = _project(env, base)
+        load = Load(base, key, threads=6)
+        wait_until(lambda: load.statuses.get(503, 0) >= 50, 60, "the backlog limit")
+        accepted = load.stop()
+        client = redis.Redis.from_url(server.url)
+        errors: dict[str, Any] = client.info("errorstats")  # type: ignore[assignment]
+        assert not any("OOM" in name for name in errors), errors
+        # The limit is soft by what one backlog poll (0.1 s) lets through.
+        assert 5000 <= len(accepted) <= 6000, len(accepted)
+        memory: dict[str, Any] = client.info("memory")  # type: ignore[assignment]
+        print(f"used_memory at the limit: {memory['used_memory_human']}")
+        procs_cleanup.append(start_worker(env))
+        with httpx.Client(base_url=base, headers=auth(key), timeout=10) as http:
+            wait_until(
+                lambda: http.post("/v1/events/send", json=SEED).status_code == 202,
+                60,
+                "sends to be accepted again",
+            )
+        wait_until(lambda: client.hlen(PENDING_KEY) == 0, 60, "the backlog to drain")
+        stored = _stored_ids(engine)
+        assert len(stored) == len(set(stored)) and set(accepted) <= set(stored)
+        client.close()
+    finally:
+        server.close()
+
+
+# --- fault 1: a worker SIGKILLed in the middle of a batch ---------------------------------
+
+
+def test_a_worker_killed_mid_batch_is_recovered_with_the_default_settings(
+    env: dict[str, str], engine: Engine, procs_cleanup: list[Proc]
+) -> None:
+    """The worker is caught inside its insert (the events table is locked), then killed. With
+    the default settings, another worker finds the job abandoned (its heartbeat stops) and
+    stores every accepted event, once, within the 60 s the README promises."""
+    defaults = {k: v for k, v in env.items() if not k.startswith("WORKER_")}
+    api, base = start_api(defaults)
+    procs_cleanup.append(api)
+    key = _project(defaults, base)
+    with httpx.Client(base_url=base, headers=auth(key), timeout=10) as http:
+        accepted = [
+            http.post("/v1/events/send", json=SEED).json()["data"]["id"] for _ in range(200)
+        ]
+    with engine.connect() as blocker:
+        blocker.exec_driver_sql("BEGIN")
+        blocker.exec_driver_sql("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        victim = start_worker(defaults)
+        procs_cleanup.append(victim)
+        wait_until(lambda: _waiting_on_lock(engine), 30, "the worker to be inside its insert")
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        victim.proc.wait()
+        blocker.exec_driver_sql("ROLLBACK")
+    killed_at = time.monotonic()
+    procs_cleanup.append(start_worker(defaults))
+    wait_until(lambda: len(_stored_ids(engine)) == len(accepted), 60, "every event stored")
+    print(f"recovered {time.monotonic() - killed_at:.1f} s after the kill")
+    stored = _stored_ids(engine)
+    assert sorted(stored) == sorted(accepted)
+
+
+def _waiting_on_lock(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        waiting = conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'events'::regclass"
+        ).scalar()
+    return bool(waiting)

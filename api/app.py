@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from api import admin, contacts, definitions, openapi, routes
+from api import admin, batch, contacts, definitions, openapi, routes
 from api.backlog import Backlog
 from api.committer import GroupCommitter, Linger
 from api.config_cache import ConfigCache
@@ -43,6 +43,7 @@ log = logging.getLogger("eventpipe.api")
 SEND_PATH = "/v1/events/send"
 ROUTES = [
     Route(SEND_PATH, routes.send_event, methods=["POST"]),
+    *batch.ROUTES,
     *definitions.ROUTES,
     Route("/v1/events/{event_id}", routes.get_event, methods=["GET"]),
     *contacts.ROUTES,

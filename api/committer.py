@@ -85,6 +85,18 @@ class GroupCommitter:
         # Shielded: the request may be cancelled, the write of its group goes on.
         await asyncio.shield(future)
 
+    async def submit_batch(self, events: list[Event], records: Sequence[Record] = ()) -> None:
+        """Write a batch request's events as one job of its own, at once: a batch is already
+        a group, and one job keeps it whole (all of it in Redis, or none of it)."""
+        task = asyncio.get_running_loop().create_task(self._write_batch(events, list(records)))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        task.add_done_callback(_consume_task_exception)
+        await asyncio.shield(task)
+
+    async def _write_batch(self, events: list[Event], records: list[Record]) -> None:
+        await self._write(events, records)
+
     def flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -117,6 +129,12 @@ class GroupCommitter:
         self.flush()
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
+
+
+def _consume_task_exception(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        with contextlib.suppress(Exception):
+            task.exception()
 
 
 def _consume_exception(future: asyncio.Future[None]) -> None:

@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from shared import errors, jsonio
-from shared.errors import QueueUnavailable, ValidationFailed
+from shared.errors import EventpipeError, QueueUnavailable, ValidationFailed
 from shared.queue import Event, Record
 
 HEADER = "idempotency-key"
@@ -38,12 +38,15 @@ KEY_PREFIX = "eventpipe:idem:"
 _PRINTABLE = re.compile(r"[\x20-\x7e]{1,255}")
 IN_FLIGHT = 0
 
-# Claim the key if free; otherwise answer what holds it (one round trip, atomic).
+# Claim each key that is free; answer what holds the others (one round trip, atomic; a
+# batch claims all its keys at once). ARGV: one claim per key, then the claim's TTL.
 _CLAIM = """
-local held = redis.call('GET', KEYS[1])
-if held then return held end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return false
+local held = {}
+for i, key in ipairs(KEYS) do
+  held[i] = redis.call('GET', key)
+  if not held[i] then redis.call('SET', key, ARGV[i], 'EX', ARGV[#ARGV]) end
+end
+return held
 """
 # Free the key only if it still holds our claim (after expiry another request may own it).
 _RELEASE = """
@@ -85,10 +88,10 @@ class Claim:
         return (self.redis_key, answer.encode(), ttl)
 
 
-def check_key(value: str) -> str:
-    if not _PRINTABLE.fullmatch(value):
-        message = "Idempotency-Key must be 1 to 255 printable ASCII characters"
-        raise ValidationFailed(message, details=[{"field": "Idempotency-Key", "message": message}])
+def check_key(value: Any, field: str = "Idempotency-Key") -> str:
+    if not isinstance(value, str) or not _PRINTABLE.fullmatch(value):
+        message = f"{field} must be 1 to 255 printable ASCII characters"
+        raise ValidationFailed(message, details=[{"field": field, "message": message}])
     return value
 
 
@@ -103,6 +106,17 @@ def redis_key(project_id: str, key: str) -> str:
     return f"{KEY_PREFIX}{project_id}:{base64.urlsafe_b64encode(digest).decode().rstrip('=')}"
 
 
+def _outcome(name: str, ours: Answer, held: bytes | None) -> Claim | Answer | EventpipeError:
+    if held is None:
+        return Claim(name, ours)
+    answer = Answer.decode(held)
+    if answer.fingerprint != ours.fingerprint:
+        return errors.idempotency_key_mismatch()
+    if answer.status == IN_FLIGHT:
+        return errors.idempotency_key_in_use()
+    return answer
+
+
 class Idempotency:
     def __init__(self, redis: aioredis.Redis, claim_seconds: int, ttl_seconds: int) -> None:
         self._redis = redis
@@ -114,20 +128,27 @@ class Idempotency:
     async def claim(self, project_id: str, key: str, body: Any, event: Event) -> Claim | Answer:
         """This request's claim on `key`, or the answer of the request that made the event
         (raises 409 while that one is in flight, 422 if its body differs)."""
-        ours = Answer(fingerprint(body), event["id"], event["createdAt"], IN_FLIGHT)
-        name = redis_key(project_id, check_key(key))
+        (outcome,) = await self.claim_many(project_id, [(check_key(key), body, event)])
+        if isinstance(outcome, EventpipeError):
+            raise outcome
+        return outcome
+
+    async def claim_many(
+        self, project_id: str, items: list[tuple[str, Any, Event]]
+    ) -> list[Claim | Answer | EventpipeError]:
+        """`claim` for (key, body, event) items with distinct keys, in one round trip; each
+        refusal is returned, not raised."""
+        ours = [
+            Answer(fingerprint(body), e["id"], e["createdAt"], IN_FLIGHT) for _, body, e in items
+        ]
+        names = [redis_key(project_id, key) for key, _, _ in items]
         try:
-            held = await self._claim(keys=[name], args=[ours.encode(), self.claim_seconds])
+            held = await self._claim(
+                keys=names, args=[a.encode() for a in ours] + [self.claim_seconds]
+            )
         except RedisError as exc:
             raise QueueUnavailable() from exc
-        if held is None:
-            return Claim(name, ours)
-        answer = Answer.decode(held)
-        if answer.fingerprint != ours.fingerprint:
-            raise errors.idempotency_key_mismatch()
-        if answer.status == IN_FLIGHT:
-            raise errors.idempotency_key_in_use()
-        return answer
+        return [_outcome(n, a, h) for n, a, h in zip(names, ours, held, strict=True)]
 
     async def settle(self, claim: Claim, status: int, contact_id: str | None) -> None:
         """Replace the enqueue's answer (202) by the one the request finally gave (201 after

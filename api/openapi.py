@@ -18,11 +18,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from api import admin, ops
+from api.batch import MAX_ITEMS as MAX_BATCH_ITEMS
 from api.http import JsonResponse
 from shared.contacts import MAX_BULK_CONTACTS, MAX_EMAILS
 from shared.definitions import MAX_NAME_LENGTH
 from shared.eventlog import DEFAULT_LIMIT, MAX_LIMIT
 from shared.settings import (
+    MAX_BATCH_BODY_BYTES,
     MAX_BODY_BYTES,
     MAX_DEFINITIONS_PER_PROJECT,
     MAX_PROPERTIES_PER_DEFINITION,
@@ -460,6 +462,44 @@ STORED_RECORD = _obj(
     },
     ["id", "eventName", "contactId", "properties", "createdAt"],
 )
+RECEIPT = _obj(
+    {
+        "index": {"type": "integer", "minimum": 0},
+        "status": {"enum": ["accepted", "duplicate", "rejected"]},
+        "id": {"type": ["string", "null"], "description": "null when rejected"},
+        "error": _obj(
+            {"code": {"type": "string"}, "message": {"type": "string"}}, ["code", "message"]
+        ),
+    },
+    ["index", "status", "id"],
+)
+BATCH_RESULT = _obj(
+    {
+        "receipts": {"type": "array", "items": RECEIPT},
+        "accepted": {"type": "integer"},
+        "duplicates": {"type": "integer"},
+        "rejected": {"type": "integer"},
+    },
+    ["receipts", "accepted", "duplicates", "rejected"],
+)
+BATCH_EXAMPLE: dict[str, Any] = {
+    "receipts": [
+        {"index": 0, "status": "accepted", "id": EXAMPLE_ID},
+        {"index": 1, "status": "duplicate", "id": "60d5ec49f1b2c72d9c8b9998"},
+        {
+            "index": 2,
+            "status": "rejected",
+            "id": None,
+            "error": {
+                "code": "INVALID_PROPERTY_VALUE",
+                "message": 'Property "order_total" must be a number',
+            },
+        },
+    ],
+    "accepted": 1,
+    "duplicates": 1,
+    "rejected": 1,
+}
 SEND_BODY = _obj(
     {
         "eventName": {"type": "string"},
@@ -612,6 +652,87 @@ PATHS: dict[str, Schema] = {
             ),
             requestBody=body(SEND_BODY, SEND_EXAMPLE, MAX_SEND_BODY_BYTES),
             parameters=[IDEMPOTENCY_KEY, PREFER],
+        )
+    },
+    "/v1/events/batch": {
+        "post": op(
+            f"Send 1..{MAX_BATCH_ITEMS} events: a receipt for each, in request order",
+            SENDING,
+            common(
+                (413, error_response(413, "PAYLOAD_TOO_LARGE")),
+                (
+                    202,
+                    success(
+                        202,
+                        "At least one item accepted or a duplicate",
+                        BATCH_RESULT,
+                        BATCH_EXAMPLE,
+                    ),
+                ),
+                (
+                    400,
+                    {
+                        "description": "No item accepted (the receipts say why), or no "
+                        f"`events` array of 1..{MAX_BATCH_ITEMS} items: VALIDATION_FAILED",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "allOf": [
+                                        ref("Error"),
+                                        {
+                                            "properties": {
+                                                "error": {
+                                                    "properties": {
+                                                        "code": {"enum": ["VALIDATION_FAILED"]}
+                                                    }
+                                                },
+                                                "data": BATCH_RESULT,
+                                            }
+                                        },
+                                    ]
+                                },
+                                "example": {
+                                    "success": False,
+                                    "error": {
+                                        "message": "No event of the batch was accepted",
+                                        "code": "VALIDATION_FAILED",
+                                    },
+                                    "data": {
+                                        "receipts": [BATCH_EXAMPLE["receipts"][2]],
+                                        "accepted": 0,
+                                        "duplicates": 0,
+                                        "rejected": 1,
+                                    },
+                                },
+                            }
+                        },
+                    },
+                ),
+            ),
+            requestBody=body(
+                _obj(
+                    {
+                        "events": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": MAX_BATCH_ITEMS,
+                            "items": {
+                                "description": "The body of /v1/events/send, plus an optional "
+                                "`idempotencyKey` (the same namespace as the Idempotency-Key "
+                                "header); each item is checked on its own",
+                            },
+                        }
+                    },
+                    ["events"],
+                ),
+                {
+                    "events": [
+                        {**SEND_EXAMPLE, "idempotencyKey": "order-1001-completed"},
+                        {"eventName": "order_completed", "email": "bob@example.com"},
+                    ]
+                },
+                MAX_BATCH_BODY_BYTES,
+            ),
         )
     },
     "/v1/events/{eventId}": {

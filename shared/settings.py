@@ -16,6 +16,7 @@ from typing import Any
 # client written against the contract relies on them.
 MAX_SEND_BODY_BYTES = 32 * 1024
 MAX_BODY_BYTES = 1024 * 1024
+MAX_BATCH_BODY_BYTES = 1024 * 1024  # after gzip inflation, enforced while inflating
 MAX_DEFINITIONS_PER_PROJECT = 100
 MAX_PROPERTIES_PER_DEFINITION = 50
 

@@ -1,0 +1,166 @@
+"""POST /v1/events/batch: up to 500 events in one request, and a receipt for each.
+
+Every item is checked on its own with the send path's rules and messages; the accepted ones
+go to Redis as one job, in one MULTI/EXEC with their keys' answers, before the answer.
+Item keys (`idempotencyKey`) and `Idempotency-Key` headers share one namespace per project:
+a repeat with the same body is a `duplicate` receipt carrying the first event's id; with
+another body the item is `rejected` (IDEMPOTENCY_KEY_MISMATCH). Within one batch the first
+item of a key wins and a later one is its duplicate. All keys of a batch are claimed in one
+Redis round trip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api.http import JsonResponse, ok
+from api.idempotency import Answer, Claim, check_key, fingerprint
+from api.routes import read_authenticated
+from shared.errors import EventpipeError, ValidationFailed, idempotency_key_mismatch
+from shared.queue import Event
+from shared.schema import check_send
+from shared.settings import MAX_BATCH_BODY_BYTES
+
+MAX_ITEMS = 500
+ITEM_KEY = "idempotencyKey"
+
+
+@dataclass
+class Receipts:
+    """The receipts of one batch, filled in as each item's fate is known."""
+
+    size: int
+    items: list[dict[str, Any] | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.items = [None] * self.size
+
+    def accepted(self, index: int, event_id: str) -> None:
+        self.items[index] = {"index": index, "status": "accepted", "id": event_id}
+
+    def duplicate(self, index: int, event_id: str) -> None:
+        self.items[index] = {"index": index, "status": "duplicate", "id": event_id}
+
+    def rejected(self, index: int, exc: EventpipeError) -> None:
+        error = {"code": exc.code, "message": exc.message}
+        self.items[index] = {"index": index, "status": "rejected", "id": None, "error": error}
+
+    def copy(self, index: int, first: int) -> None:
+        """A later item of a key: the first's fate, as a duplicate where it made an event."""
+        receipt = self.items[first]
+        assert receipt is not None
+        if receipt["status"] == "rejected":
+            self.items[index] = {**receipt, "index": index}
+        else:
+            self.duplicate(index, receipt["id"])
+
+    def answer(self) -> Response:
+        counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
+        for receipt in self.items:
+            assert receipt is not None
+            counts[receipt["status"]] += 1
+        data = {
+            "receipts": self.items,
+            "accepted": counts["accepted"],
+            "duplicates": counts["duplicate"],
+            "rejected": counts["rejected"],
+        }
+        if counts["accepted"] or counts["duplicate"]:
+            return ok(data, 202)
+        error = {"message": "No event of the batch was accepted", "code": "VALIDATION_FAILED"}
+        return JsonResponse({"success": False, "error": error, "data": data}, status_code=400)
+
+
+@dataclass
+class Plan:
+    """What to do with the items that passed their checks."""
+
+    plain: list[tuple[int, Event]] = field(default_factory=list)
+    keyed: list[tuple[int, str, Any, Event]] = field(default_factory=list)
+    repeats: list[tuple[int, int]] = field(default_factory=list)  # (item, first of its key)
+
+
+async def send_batch(request: Request) -> Response:
+    state = request.app.state
+    project_id, body = await read_authenticated(request, MAX_BATCH_BODY_BYTES)
+    items = _items(body)
+    receipts = Receipts(len(items))
+    plan = _check_items(items, project_id, state.cache.definition_finder(project_id), receipts)
+    accepted = list(plan.plain)
+    claims: list[Claim] = []
+    if plan.keyed:
+        outcomes = await state.idempotency.claim_many(
+            project_id, [(key, item, event) for _, key, item, event in plan.keyed]
+        )
+        for (index, _, _, event), outcome in zip(plan.keyed, outcomes, strict=True):
+            if isinstance(outcome, Claim):
+                accepted.append((index, event))
+                claims.append(outcome)
+            elif isinstance(outcome, Answer):
+                receipts.duplicate(index, outcome.event_id)
+            else:
+                receipts.rejected(index, outcome)
+    if accepted:
+        accepted.sort(key=lambda pair: pair[0])  # stored in request order
+        await _enqueue(state, [event for _, event in accepted], claims)
+        for index, event in accepted:
+            receipts.accepted(index, event["id"])
+    for index, first in plan.repeats:
+        receipts.copy(index, first)
+    return receipts.answer()
+
+
+def _items(body: Any) -> list[Any]:
+    events = body.get("events") if isinstance(body, dict) else None
+    if not isinstance(events, list) or not 1 <= len(events) <= MAX_ITEMS:
+        message = f"events must be an array of 1 to {MAX_ITEMS} events"
+        raise ValidationFailed(message, details=[{"field": "events", "message": message}])
+    return events
+
+
+def _check_items(items: list[Any], project_id: str, finder: Any, receipts: Receipts) -> Plan:
+    plan = Plan()
+    first_of: dict[str, tuple[int, str]] = {}  # key -> (first item, its fingerprint)
+    for index, item in enumerate(items):
+        try:
+            event = check_send(item, project_id, finder)
+            key = item.get(ITEM_KEY)
+            if key is None:
+                plan.plain.append((index, event))
+                continue
+            check_key(key, ITEM_KEY)
+        except EventpipeError as exc:
+            receipts.rejected(index, exc)
+            continue
+        # The send body the key stands for: the item without its key, as a single send
+        # with the same body and an Idempotency-Key header would be fingerprinted.
+        send_body = {k: v for k, v in item.items() if k != ITEM_KEY}
+        print_ = fingerprint(send_body)
+        if key not in first_of:
+            first_of[key] = (index, print_)
+            plan.keyed.append((index, key, send_body, event))
+        elif first_of[key][1] == print_:
+            plan.repeats.append((index, first_of[key][0]))
+        else:
+            receipts.rejected(index, idempotency_key_mismatch())
+    return plan
+
+
+async def _enqueue(state: Any, events: list[Event], claims: list[Claim]) -> None:
+    records = [claim.answered(202, state.idempotency.ttl_seconds) for claim in claims]
+    try:
+        state.backlog.check()
+        state.backlog.added(len(events))
+        await state.committer.submit_batch(events, records)
+    except EventpipeError:
+        for claim in claims:
+            await state.idempotency.release(claim)
+        raise
+
+
+ROUTES = [Route("/v1/events/batch", send_batch, methods=["POST"])]

@@ -36,6 +36,8 @@ class Results:
     sustained: dict[System, list[Step]] = field(default_factory=dict)
     drains: dict[System, list[Drain]] = field(default_factory=dict)
     naive_fill_per_s: float | None = None
+    batch_accept: WrkResult | None = None
+    batch_sustained: list[Step] = field(default_factory=list)
     interference: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -48,6 +50,9 @@ class Results:
             "sustained_per_s": {k: sustained_rate(v) for k, v in self.sustained.items()},
             "drains": {k: [d.as_dict() for d in v] for k, v in self.drains.items()},
             "naive_fill_per_s": self.naive_fill_per_s,
+            "batch_accept": self.batch_accept.as_dict() if self.batch_accept else None,
+            "batch_sustained": [s.as_dict() for s in self.batch_sustained],
+            "batch_sustained_per_s": sustained_rate(self.batch_sustained),
             "interference": self.interference,
             "seconds": self.seconds,
         }
@@ -149,6 +154,27 @@ def drain_rows(results: Results) -> list[str]:
     return lines
 
 
+def batch_rows(results: Results) -> list[str]:
+    accept, best = results.batch_accept, best_flat_step(results.batch_sustained)
+
+    def one(label: str, value: Cell, digits: int = 0) -> str:
+        return row(label, None, None, value, digits, ratios=False)
+
+    return [
+        one(
+            "batch: accepted events/s, 500-event batches (wrk -t2 -c16 10 s, no worker)",
+            accept.accepted_rate if accept else None,
+        ),
+        one("batch: latency p50 of a batch, ms", accept.p50_ms if accept else None, 1),
+        one("batch: latency p99 of a batch, ms", accept.p99_ms if accept else None, 1),
+        one(
+            "batch: stored events/s sustained with a flat backlog (API + 2 worker processes)",
+            best.stored_per_s if best else None,
+        ),
+        one("batch: offered events/s of that step", best.offered_per_s if best else None),
+    ]
+
+
 def table(results: Results) -> str:
     m = results.machine
     memory = {k: v.per_event for k, v in results.memory.items()}
@@ -176,6 +202,7 @@ def table(results: Results) -> str:
             keys_memory.get("eventpipe"),
         ),
         *drain_rows(results),
+        *batch_rows(results),
         *notes(results),
     ]
     return "\n".join(lines)

@@ -3,6 +3,7 @@ peer, loaded the same way with wrk on loopback. A script that prints figures; it
 nothing.
 
     .venv/bin/python bench/run.py        # or: make bench
+    .venv/bin/python bench/run.py --batch   # only (e), the batch endpoint
 
 Needs wrk, PostgreSQL at BENCH_DATABASE_URL (default
 postgresql+psycopg://postgres@127.0.0.1:5432/test; a database of its own is created and
@@ -28,6 +29,13 @@ from types import FrameType
 if __package__ in (None, ""):  # run as a file: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.batch import (  # noqa: E402
+    BATCH_WORKERS,
+    ITEMS,
+    BatchScripts,
+    measure_batch_accept,
+    measure_batch_sustained,
+)
 from bench.load import Scripts, find_wrk  # noqa: E402
 from bench.measure import (  # noqa: E402
     drain_eventpipe,
@@ -94,14 +102,33 @@ def run_drains(world: World, scripts: Scripts, results: Results) -> None:
         print_drain("naive", drain)
 
 
-def run_all(world: World) -> Results:
+def run_batch(world: World, results: Results) -> None:
+    print(f"(e) POST /v1/events/batch, {ITEMS} events a request")
+    scripts = BatchScripts(world.api_key)
+    try:
+        results.batch_accept = measure_batch_accept(world, scripts)
+        accept = results.batch_accept
+        print(
+            f"  accepted {accept.accepted_rate:.0f} events/s, p50 {accept.p50_ms:.1f} ms,"
+            f" p99 {accept.p99_ms:.1f} ms a batch, non-2xx {accept.non_2xx}"
+        )
+        results.batch_sustained = measure_batch_sustained(world, scripts)
+        best = sustained_rate(results.batch_sustained) or 0
+        print(f"  sustained: {best:.0f} stored events/s ({BATCH_WORKERS} worker processes)")
+    finally:
+        scripts.close()
+
+
+def run_all(world: World, only_batch: bool = False) -> Results:
     results = Results(machine=machine(world))
     scripts = Scripts(SEED, world.api_key)
     try:
-        run_accept(world, scripts, results)
-        run_memory(world, scripts, results)
-        run_sustained(world, scripts, results)
-        run_drains(world, scripts, results)
+        if not only_batch:
+            run_accept(world, scripts, results)
+            run_memory(world, scripts, results)
+            run_sustained(world, scripts, results)
+            run_drains(world, scripts, results)
+        run_batch(world, results)
     finally:
         scripts.close()
         stop_all()
@@ -124,7 +151,7 @@ def main() -> int:
     start = time.monotonic()
     try:
         with open_world() as world:
-            results = run_all(world)
+            results = run_all(world, only_batch="--batch" in sys.argv)
     except KeyboardInterrupt:
         print("\ninterrupted: processes stopped, database dropped, Redis flushed")
         return 130

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from api import admin, batch, contacts, definitions, openapi, routes
+from api import admin, batch, contacts, definitions, openapi, ops, routes
 from api.backlog import Backlog
 from api.committer import GroupCommitter, Linger
 from api.config_cache import ConfigCache
@@ -49,6 +50,7 @@ ROUTES = [
     *contacts.ROUTES,
     *openapi.ROUTES,
     *admin.ROUTES,
+    *ops.ROUTES,
 ]
 
 
@@ -61,10 +63,16 @@ class EventpipeApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == SEND_PATH and scope["method"] == "POST":
+            started = time.perf_counter()
             scope["app"] = self
             request = Request(scope, receive)
             response = await _answer(request)
             await response(scope, receive, send)
+            ops.observe_send(request, response, SEND_PATH, started)
+            return
+        if scope["type"] == "http":  # counted by route template and status
+            json_logs = self.state.settings.log_format == "json"
+            await ops.observed(super().__call__, scope, receive, send, json_logs)
             return
         await super().__call__(scope, receive, send)
 
@@ -86,7 +94,7 @@ def create_app(
 ) -> Starlette:
     """The API. Tests may hand in Redis clients (fakeredis); otherwise REDIS_URL is used."""
     settings = settings or get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     app = EventpipeApp(
         routes=ROUTES,
         lifespan=_lifespan,
@@ -123,8 +131,8 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         settings.config_reload_seconds,
     )
     state.committer = GroupCommitter(
-        lambda events, records: enqueue_events_async(
-            state.writer, state.redis, events, records
+        ops.instrument_enqueue(
+            lambda events, records: enqueue_events_async(state.writer, state.redis, events, records)
         ),
         Linger(
             settings.group_target_events,

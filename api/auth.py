@@ -19,4 +19,5 @@ def authenticate(request: Request, cache: ConfigCache) -> str:
     record = cache.snapshot.keys.get(key_id)
     if record is None or not secret_matches(secret, record[1]):
         raise Unauthorized()
+    request.scope["eventpipe.project_id"] = record[0]  # for the request's log line
     return record[0]

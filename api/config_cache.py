@@ -51,6 +51,10 @@ class ConfigCache:
         await self._poller.stop()
 
     @property
+    def loaded(self) -> bool:
+        return self._snapshot is not None
+
+    @property
     def snapshot(self) -> ConfigSnapshot:
         if self._snapshot is None:
             raise ServiceUnavailable("eventpipe is starting: configuration not loaded yet")

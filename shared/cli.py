@@ -22,7 +22,7 @@ from shared.settings import Settings, get_settings
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         result: int = args.handler(args, settings)
         return result
@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run RQ worker processes")
     worker.add_argument("--processes", type=int, default=1)
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.add_argument(
+        "--metrics-port", type=int, default=None, help="serve the workers' Prometheus metrics"
+    )
     worker.set_defaults(handler=run_worker)
     opscli.add_commands(sub)
     return parser
@@ -172,6 +175,21 @@ def keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def serve_api(args: argparse.Namespace, settings: Settings) -> int:
+    import shutil
+
+    from shared.metrics import use_directory
+
+    # Before uvicorn starts its workers: they inherit the metrics directory's setting.
+    metrics_dir, temporary = use_directory(settings, "api")
+    try:
+        _run_uvicorn(args, settings)
+    finally:
+        if temporary:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
     uvicorn.run(
@@ -183,8 +201,9 @@ def serve_api(args: argparse.Namespace, settings: Settings) -> int:
         access_log=args.access_log,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=30,
+        # JSON logs: uvicorn's loggers go through the root handler (shared.logs), not its own.
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
     )
-    return 0
 
 
 def run_all(args: argparse.Namespace, settings: Settings) -> int:
@@ -196,7 +215,7 @@ def run_all(args: argparse.Namespace, settings: Settings) -> int:
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from worker.runner import run_workers
 
-    return run_workers(args.processes, burst=args.burst)
+    return run_workers(args.processes, burst=args.burst, metrics_port=args.metrics_port)
 
 
 if __name__ == "__main__":

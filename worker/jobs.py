@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import Counter
 from typing import Any
 
@@ -22,9 +24,12 @@ from shared.queue import (
     make_payload,
     read_payload,
 )
+from worker import metrics
 from worker.claim import claim_jobs, claimed_events, finish_claimed
 from worker.context import WorkerContext, get_context
 from worker.events import BatchOutcome, store_batch
+
+log = logging.getLogger("eventpipe.worker.jobs")
 
 
 class EventFailed(EventpipeError):
@@ -32,6 +37,7 @@ class EventFailed(EventpipeError):
 
 
 def store_events(payload: dict[str, Any]) -> dict[str, int]:
+    started = time.perf_counter()
     ctx = get_context()
     batch = read_payload(payload)
     replay = bool(payload.get("replay"))
@@ -44,6 +50,7 @@ def store_events(payload: dict[str, Any]) -> dict[str, int]:
     # job of `eventpipe replay` (or a group job) splits its failures out.
     fails_itself = replay and bool(outcome.failed) and not job_id.startswith(REPLAY_JOB_PREFIX)
     _finish(ctx, job_id, batch, outcome, claimed, split_failures=not fails_itself)
+    _observe(job_id, batch, outcome, claimed, time.perf_counter() - started)
     if fails_itself:
         _fail_current_job(outcome.failed[0][1])
     return {"stored": len(outcome.stored), "failed": len(outcome.failed), "jobs": 1 + len(claimed)}
@@ -82,6 +89,39 @@ def _announce(pipe: Any, outcome: BatchOutcome) -> None:
     items += [[e["id"], "failed", error.code] for e, error in outcome.failed if e.get("wait")]
     if items:
         pipe.publish(OUTCOMES_CHANNEL, jsonio.dumps(items))
+
+
+def _observe(
+    job_id: str, batch: list[Event], outcome: BatchOutcome, claimed: list[str], seconds: float
+) -> None:
+    """Metrics and the job's log line: ids and counts, never property values."""
+    metrics.JOB_SECONDS.observe(seconds)
+    metrics.JOB_EVENTS.inc(len(batch))
+    metrics.STORED.inc(outcome.inserted)
+    for code, n in Counter(error.code for _, error in outcome.failed).items():
+        metrics.FAILED.labels(code).inc(n)
+    for event, error in outcome.failed:
+        failure = {"kind": "event_failed", "eventId": event["id"], "projectId": event["projectId"]}
+        log.warning(
+            "event %s failed: %s",
+            event["id"],
+            error.code,
+            extra={"fields": {**failure, "code": error.code}},
+        )
+    if not log.isEnabledFor(logging.INFO):
+        return
+    fields = {
+        "kind": "job",
+        "jobId": job_id,
+        "claimedJobs": len(claimed),
+        "events": len(batch),
+        "stored": outcome.inserted,
+        "failed": len(outcome.failed),
+        "ms": round(seconds * 1000, 3),
+        "projectIds": sorted({e["projectId"] for e in batch}),
+        "eventIds": [e["id"] for e in batch],
+    }
+    log.info("job %s: %d events", job_id, len(batch), extra={"fields": fields})
 
 
 def _count_outcome(pipe: Any, outcome: BatchOutcome) -> None:

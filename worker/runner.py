@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -19,6 +21,9 @@ from rq.serializers import JSONSerializer
 from shared.db import ping
 from shared.errors import StoreUnavailable
 from shared.logs import configure_logging
+from shared.metrics import mark_dead, registry, use_directory
+from shared.settings import get_settings
+from worker import metrics
 from worker.context import get_context
 
 log = logging.getLogger("eventpipe.worker")
@@ -67,10 +72,13 @@ class EventWorker(SimpleWorker):
     def wait_for_store(self) -> None:
         engine = get_context().engine
         delay = 0.2
+        started = time.monotonic()
+        metrics.STORE_WAITS.inc()
         while not self._stop_requested and not ping(engine):
             self.heartbeat()
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+        metrics.STORE_WAIT_SECONDS.inc(time.monotonic() - started)
         log.info("store reachable, resuming")
 
 
@@ -107,7 +115,7 @@ class _JobHeartbeat:
 def run_worker(burst: bool = False) -> bool:
     ctx = get_context()
     settings = ctx.settings
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     worker = EventWorker(
         [ctx.queue],
         connection=ctx.redis,
@@ -133,33 +141,58 @@ def _child(burst: bool) -> None:
     sys.exit(0 if run_worker(burst) else 1)
 
 
-def run_workers(processes: int, burst: bool = False) -> int:
-    """Run `processes` workers; one runs in this process, more under a supervisor."""
-    if processes <= 1:
+def run_workers(processes: int, burst: bool = False, metrics_port: int | None = None) -> int:
+    """Run `processes` workers; one runs in this process, more (or one with a metrics port)
+    under a supervisor."""
+    if processes <= 1 and metrics_port is None:
         return 0 if run_worker(burst) else 1
-    return Supervisor(processes, burst).run()
+    return Supervisor(max(processes, 1), burst, metrics_port).run()
+
+
+# After a second SIGTERM/SIGINT, workers still running this long later are killed: RQ ignores
+# a second signal that comes within a second of the first, and a worker blocked in a store
+# call only sees a signal when the call returns.
+COLD_STOP_GRACE = 1.5
 
 
 class Supervisor:
-    """Starts N worker processes, restarts one that dies while we run, and passes SIGTERM and
-    SIGINT on (RQ's first signal is a warm shutdown after the current job, a second one is
-    cold)."""
+    """Starts N worker processes and restarts one that exits while we run (crashed, or
+    recycled after WORKER_MAX_JOBS jobs). The first SIGTERM or SIGINT is passed on (RQ's warm
+    shutdown: stop after the current job); a second one is passed on too, and whatever still
+    runs COLD_STOP_GRACE seconds later is killed. With a metrics port, it serves the metrics
+    of all its workers (prometheus-client's multiprocess files)."""
 
-    def __init__(self, processes: int, burst: bool) -> None:
+    def __init__(self, processes: int, burst: bool, metrics_port: int | None = None) -> None:
         self.processes = processes
         self.burst = burst
+        self.metrics_port = metrics_port
         self.stopping = False
+        self.signals = 0
+        self.kill_at: float | None = None
         self.ctx = multiprocessing.get_context("spawn")
         self.children: list[Any] = []
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._forward)
         signal.signal(signal.SIGINT, self._forward)
+        if self.metrics_port is not None:
+            self._serve_metrics(self.metrics_port)
         self.children = [self._start() for _ in range(self.processes)]
         while self.children:
             time.sleep(0.2)
             self._reap()
+            self._kill_if_overdue()
         return 0
+
+    def _serve_metrics(self, port: int) -> None:
+        # Before the first child starts: the children inherit the directory's setting.
+        path, temporary = use_directory(get_settings(), "worker")
+        if temporary:
+            atexit.register(shutil.rmtree, path, True)
+        from prometheus_client import start_http_server
+
+        start_http_server(port, registry=registry())
+        log.info("worker metrics on port %d", port)
 
     def _start(self) -> Any:
         proc = self.ctx.Process(target=_child, args=(self.burst,), daemon=False)
@@ -171,13 +204,30 @@ class Supervisor:
         for proc in self.children:
             if proc.is_alive():
                 alive.append(proc)
-            elif not self.stopping and not self.burst:
-                log.warning("worker %s exited with %s; restarting", proc.pid, proc.exitcode)
+                continue
+            mark_dead(proc.pid)
+            if not self.stopping and not self.burst:
+                level = logging.INFO if proc.exitcode == 0 else logging.WARNING
+                log.log(
+                    level, "worker %s exited with %s; starting another", proc.pid, proc.exitcode
+                )
                 alive.append(self._start())
         self.children = alive
 
+    def _kill_if_overdue(self) -> None:
+        if self.kill_at is None or time.monotonic() < self.kill_at:
+            return
+        for proc in self.children:
+            if proc.is_alive():
+                log.warning("worker %s still running after a second stop signal: killed", proc.pid)
+                proc.kill()
+        self.kill_at = None
+
     def _forward(self, signum: int, _frame: FrameType | None) -> None:
         self.stopping = True
+        self.signals += 1
+        if self.signals >= 2 and self.kill_at is None:
+            self.kill_at = time.monotonic() + COLD_STOP_GRACE
         for proc in self.children:
             if proc.is_alive() and proc.pid:
                 try:

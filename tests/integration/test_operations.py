@@ -4,21 +4,29 @@ metrics, against real Redis, PostgreSQL, uvicorn and worker processes."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import psutil
+import pytest
 import redis
 from sqlalchemy import Engine, func, insert, select
 
 from shared.clock import utcnow
 from shared.db import transaction
+from shared.migrations import upgrade
 from shared.models import events, failed_event_attempts, failed_events
 from shared.queue import PENDING_KEY, JobWriter, enqueue_events, make_queue
 from shared.settings import Settings
 from tests.integration.services import (
     ROOT,
+    PostgresCluster,
     Proc,
+    RedisServer,
     eventpipe,
     run_cli,
     start_api,
@@ -35,6 +43,19 @@ from tests.integration.test_pipeline import (
 )
 
 CNF = "CONTACT_NOT_FOUND_FOR_EVENT"
+
+
+@pytest.fixture
+def pg_and_redis(admin_engine: Engine) -> Iterator[tuple[PostgresCluster, RedisServer]]:
+    """A private PostgreSQL cluster (migrated) and Redis, free to be stopped."""
+    cluster = PostgresCluster()
+    server = RedisServer()
+    try:
+        upgrade(cluster.url)
+        yield cluster, server
+    finally:
+        server.close()
+        cluster.close()
 
 
 def cli_json(env: dict[str, str], *args: str) -> Any:
@@ -310,3 +331,254 @@ def test_stats_shows_totals_queue_memory_workers_and_failures(
     assert busy["workers"][0]["state"] in ("idle", "busy")
     text = run_cli(env, "stats")
     assert "workers alive: 1" in text and f"{CNF} 3" in text
+
+
+# --- health, metrics and logs on real processes ----------------------------------------------
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def json_lines(output: str) -> list[dict[str, Any]]:
+    found = []
+    for line in output.splitlines():
+        if line.startswith("{"):
+            found.append(json.loads(line))
+    return found
+
+
+def test_metrics_add_up_across_uvicorn_workers_and_logs_are_json_without_keys_or_values(
+    env: dict[str, str], procs_cleanup: list[Proc]
+) -> None:
+    project = new_project(env)
+    env = {**env, "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}
+    api, base = start_api(env, workers=2)
+    procs_cleanup.append(api)
+    key = project["apiKey"]
+    with httpx.Client(base_url=base, headers=auth(key), timeout=10) as http:
+        assert http.post("/v1/events", json=SEED_DEFINITION).status_code == 201
+        # A definition made through one process reaches the other within a second.
+        wait_until(
+            lambda: all(
+                http.post("/v1/events/send", json=SEED, headers={"Connection": "close"}).status_code
+                == 202
+                for _ in range(10)
+            ),
+            5,
+            "both processes to know the definition",
+        )
+    sent = 0
+    # New connections, so both uvicorn processes take some of the sends.
+    for _ in range(40):
+        with httpx.Client(base_url=base, headers=auth(key), timeout=10) as http:
+            assert http.post("/v1/events/send", json=SEED).status_code == 202
+            sent += 1
+    scrapes = []
+    for _ in range(6):
+        with httpx.Client(base_url=base, timeout=10) as http:
+            scrapes.append(http.get("/metrics").text)
+    # Whichever process answers the scrape reports every process's sends.
+    totals = {metric(t, "eventpipe_events_accepted_total") for t in scrapes}
+    assert len(totals) == 1 and totals.pop() >= sent + 10
+    route = 'eventpipe_http_requests_total{route="/v1/events/send",status="202"}'
+    assert metric(scrapes[-1], route) >= sent + 10
+    assert metric(scrapes[-1], "eventpipe_queue_events") >= sent + 10  # no worker running
+    assert metric(scrapes[-1], "eventpipe_redis_used_memory_bytes") > 0
+
+    api.stop()
+    lines = json_lines(api.output())
+    requests = [line for line in lines if line.get("kind") == "request"]
+    sends = [r for r in requests if r["route"] == "/v1/events/send" and r["status"] == 202]
+    assert len(sends) >= sent + 10
+    assert all(r["projectId"] == project["projectId"] and len(r["eventId"]) == 24 for r in sends)
+    assert len({r["pid"] for r in requests}) == 2
+    output = api.output()
+    assert key not in output and key.split("_")[-1] not in output
+    assert "129.99" not in output and "USD" not in output  # the seed's property values
+
+
+def test_readyz_follows_redis_but_not_the_store(
+    pg_and_redis: tuple[Any, Any], procs_cleanup: list[Proc]
+) -> None:
+    from tests.integration.conftest import service_env
+
+    pg, private_redis = pg_and_redis
+    env = service_env(pg.url, private_redis.url)
+    api, base = start_api(env)
+    procs_cleanup.append(api)
+    with httpx.Client(base_url=base, timeout=10) as http:
+        assert http.get("/readyz").json()["data"]["checks"] == {"redis": True, "config": True}
+        pg.stop()
+        assert http.get("/readyz").status_code == 200  # a store outage keeps it in rotation
+        private_redis.stop()
+        answer = http.get("/readyz")
+        assert answer.status_code == 503
+        assert answer.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+        assert http.get("/healthz").status_code == 200
+        assert metric(http.get("/metrics").text, "eventpipe_redis_up") == 0
+        private_redis.start()
+        wait_until(lambda: http.get("/readyz").status_code == 200, 20, "readiness to return")
+
+
+# --- the worker supervisor ------------------------------------------------------------------
+
+
+def _queue_jobs(env: dict[str, str], redis_client: redis.Redis, jobs: list[list[Any]]) -> None:
+    settings = Settings(database_url=env["DATABASE_URL"], redis_url=env["REDIS_URL"])
+    queue = make_queue(settings, redis_client)
+    writer = JobWriter(queue, settings)
+    for batch in jobs:
+        enqueue_events(writer, redis_client, batch)
+
+
+def test_supervisor_serves_worker_metrics_recycles_workers_and_logs_jobs_as_json(
+    env: dict[str, str], engine: Engine, redis_client: redis.Redis, procs_cleanup: list[Proc]
+) -> None:
+    from tests.integration.services import free_port
+
+    project_id = _seed_store(engine)
+    jobs = [[_event(project_id, "jane@example.com") for _ in range(2)] for _ in range(8)]
+    jobs.append([_event(project_id, "ghost@example.com")])
+    _queue_jobs(env, redis_client, jobs)
+    env = {
+        **env,
+        "WORKER_MAX_JOBS": "2",
+        "WORKER_CLAIM_JOBS": "0",
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+    }
+    port = free_port()
+    worker = start_worker(env, "--processes", "2", "--metrics-port", str(port))
+    procs_cleanup.append(worker)
+
+    def scrape() -> str:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return ""
+
+    wait_until(
+        lambda: metric(scrape(), "eventpipe_job_seconds_count") == 9, 60, "nine jobs counted"
+    )
+    text = scrape()
+    assert metric(text, "eventpipe_events_stored_total") == 16
+    assert metric(text, f'eventpipe_events_failed_total{{code="{CNF}"}}') == 1
+    assert metric(text, "eventpipe_job_events_total") == 17
+    assert metric(text, "eventpipe_store_waits_total") == 0
+    assert len(stored_ids(engine)) == 16
+
+    assert worker.stop() == 0
+    lines = json_lines(worker.output())
+    job_lines = [line for line in lines if line.get("kind") == "job"]
+    assert len(job_lines) == 9
+    per_process = Counter(line["pid"] for line in job_lines)
+    # Recycled after two jobs each: at least five processes took the nine jobs.
+    assert max(per_process.values()) <= 2 and len(per_process) >= 5
+    assert {i for line in job_lines for i in line["eventIds"]} == {
+        e["id"] for batch in jobs for e in batch
+    }
+    failed = [line for line in lines if line.get("kind") == "event_failed"]
+    assert [(f["eventId"], f["code"]) for f in failed] == [(jobs[-1][0]["id"], CNF)]
+    assert '"order_total"' not in worker.output()  # property values stay out of logs
+
+
+def _children(proc: Proc) -> list[psutil.Process]:
+    """The supervisor's worker processes (not multiprocessing's resource tracker)."""
+    found = []
+    for child in psutil.Process(proc.proc.pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def test_supervisor_restarts_a_crashed_worker(
+    env: dict[str, str], engine: Engine, redis_client: redis.Redis, procs_cleanup: list[Proc]
+) -> None:
+    worker = start_worker(env, "--processes", "2")
+    procs_cleanup.append(worker)
+    wait_until(lambda: len(_children(worker)) == 2, 30, "two worker processes")
+    first = {p.pid for p in _children(worker)}
+    victim = psutil.Process(min(first))
+    victim.kill()
+    victim.wait(10)
+    wait_until(
+        lambda: len(_children(worker)) == 2 and {p.pid for p in _children(worker)} != first,
+        30,
+        "a new worker process",
+    )
+    project_id = _seed_store(engine)
+    _queue_jobs(env, redis_client, [[_event(project_id, "jane@example.com")] for _ in range(4)])
+    wait_until(lambda: len(stored_ids(engine)) == 4, 30, "the jobs to be stored")
+
+
+def _held_store(engine: Engine) -> Any:
+    """A transaction holding the events table: a job's insert waits on it."""
+    conn = engine.connect()
+    conn.exec_driver_sql("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+    return conn
+
+
+def _busy_worker(env: dict[str, str], engine: Engine, redis_client: redis.Redis) -> Proc:
+    """A supervisor with two workers, one of them in the middle of a job (blocked)."""
+    from rq import Worker
+
+    project_id = _seed_store(engine)
+    worker = start_worker(env, "--processes", "2")
+    wait_until(lambda: len(_children(worker)) == 2, 30, "two worker processes")
+    queue = make_queue(Settings(redis_url=env["REDIS_URL"]), redis_client)
+    wait_until(lambda: len(Worker.all(queue=queue)) == 2, 30, "two registered workers")
+    _queue_jobs(env, redis_client, [[_event(project_id, "jane@example.com")]])
+    wait_until(
+        lambda: any(w.get_state() == "busy" for w in Worker.all(queue=queue)),
+        30,
+        "a worker to take the job",
+    )
+    return worker
+
+
+def test_first_sigterm_lets_the_running_job_finish(
+    env: dict[str, str], engine: Engine, redis_client: redis.Redis, procs_cleanup: list[Proc]
+) -> None:
+    env = {**env, "LOG_LEVEL": "INFO"}
+    lock = _held_store(engine)
+    try:
+        worker = _busy_worker(env, engine, redis_client)
+        procs_cleanup.append(worker)
+        worker.proc.send_signal(signal.SIGTERM)
+        # The idle worker leaves at once; the busy one stays for its job.
+        wait_until(lambda: len(_children(worker)) == 1, 30, "the idle worker to stop")
+        assert "warm shut down requested" in worker.output()
+    finally:
+        lock.rollback()
+        lock.close()
+    assert worker.proc.wait(30) == 0, worker.output()
+    assert len(stored_ids(engine)) == 1  # the job in hand was finished, not dropped
+
+
+def test_second_sigterm_stops_the_workers_at_once(
+    env: dict[str, str], engine: Engine, redis_client: redis.Redis, procs_cleanup: list[Proc]
+) -> None:
+    env = {**env, "LOG_LEVEL": "INFO"}
+    lock = _held_store(engine)
+    try:
+        worker = _busy_worker(env, engine, redis_client)
+        procs_cleanup.append(worker)
+        children = _children(worker)
+        worker.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: len(_children(worker)) == 1, 30, "the idle worker to stop")
+        worker.proc.send_signal(signal.SIGTERM)
+        # Stopped while the job is still blocked on the store: it was not waited for.
+        assert worker.proc.wait(30) == 0, worker.output()
+        gone, alive = psutil.wait_procs(children, timeout=10)
+        assert alive == []
+    finally:
+        lock.rollback()
+        lock.close()
+    assert stored_ids(engine) == []  # the job in hand was abandoned, not finished

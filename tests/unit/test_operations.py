@@ -172,3 +172,55 @@ def test_operator_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="LOG_FORMAT"):
         load_settings({"LOG_FORMAT": "xml"})
     assert load_settings({"LOG_FORMAT": "json"}).log_format == "json"
+
+
+# --- health, readiness, metrics ------------------------------------------------------------
+
+
+def metric(text: str, name: str) -> float:
+    """The value of one sample line (`name` with its labels, exactly), 0 when absent."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_healthz_and_readyz(client: Any) -> None:
+    assert client.get("/healthz").json() == {"success": True, "data": {"status": "ok"}}
+    ready = client.get("/readyz").json()["data"]
+    assert ready == {"status": "ready", "checks": {"redis": True, "config": True}}
+
+
+def test_readyz_is_503_when_redis_is_unreachable(client: Any, fake_server: Any) -> None:
+    fake_server.connected = False
+    answer = client.get("/readyz")
+    fake_server.connected = True
+    assert answer.status_code == 503 and answer.headers["Retry-After"]
+    assert answer.json()["error"] == {"message": "Not ready: redis", "code": "SERVICE_UNAVAILABLE"}
+
+
+def test_metrics_count_requests_accepted_and_rejected_events(client: Any, project: Project) -> None:
+    from tests.unit.test_api import setup_seed
+
+    setup_seed(client, project[1])
+    before = client.get("/metrics").text
+    body = {"eventName": "order_completed", "email": "jane@example.com"}
+    assert client.post("/v1/events/send", json=body, headers=auth(project[1])).status_code == 202
+    missing = {"eventName": "nope", "email": "jane@example.com"}
+    assert client.post("/v1/events/send", json=missing, headers=auth(project[1])).status_code == 404
+    assert client.get("/v1/events/" + "a" * 24, headers=auth(project[1])).status_code == 404
+    after = client.get("/metrics")
+    assert after.headers["content-type"].startswith("text/plain")
+    text = after.text
+
+    def delta(name: str) -> float:
+        return metric(text, name) - metric(before, name)
+
+    assert delta("eventpipe_events_accepted_total") == 1
+    assert delta('eventpipe_events_rejected_total{code="EVENT_NOT_FOUND"}') == 1
+    send = 'eventpipe_http_requests_total{route="/v1/events/send",status="202"}'
+    assert delta(send) == 1
+    by_template = 'eventpipe_http_requests_total{route="/v1/events/{event_id}",status="404"}'
+    assert delta(by_template) == 1
+    assert delta("eventpipe_enqueue_seconds_count") == 1
+    assert metric(text, "eventpipe_queue_events") == 1 and metric(text, "eventpipe_redis_up") == 1

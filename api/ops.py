@@ -186,7 +186,8 @@ async def _queue_figures(request: Request) -> dict[str, float]:
         pipe.llen(queue.key)
         pipe.lindex(queue.key, 0)
         pipe.zcard(queue.failed_job_registry.key)
-        events, jobs, head, failed_jobs = await pipe.execute()
+        pipe.dbsize()
+        events, jobs, head, failed_jobs, keys = await pipe.execute()
     try:
         memory = await state.redis.info("memory")
     except ResponseError:  # a server or proxy that refuses INFO: no memory figures
@@ -202,6 +203,7 @@ async def _queue_figures(request: Request) -> dict[str, float]:
         "queue_jobs": float(jobs),
         "queue_oldest_age_seconds": max(age, 0.0),
         "failed_jobs": float(failed_jobs),
+        "redis_keys": float(keys),
         "redis_used_memory_bytes": float(memory.get("used_memory", 0)),
         "redis_max_memory_bytes": float(memory.get("maxmemory", 0)),
     }
@@ -213,6 +215,8 @@ _HELP = {
     "queue_jobs": "Jobs waiting in the queue",
     "queue_oldest_age_seconds": "Seconds the oldest waiting job has been queued (0: none)",
     "failed_jobs": "Jobs in RQ's failed registry",
+    "redis_keys": "Keys in eventpipe's Redis database (DBSIZE): with Idempotency-Key in use, "
+    "the keys held are most of them (counting them exactly would need a SCAN per scrape)",
     "redis_used_memory_bytes": "Redis used_memory",
     "redis_max_memory_bytes": "Redis maxmemory (0: no limit)",
 }

@@ -8,7 +8,7 @@ import signal
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import psutil
@@ -582,3 +582,47 @@ def test_second_sigterm_stops_the_workers_at_once(
         lock.rollback()
         lock.close()
     assert stored_ids(engine) == []  # the job in hand was abandoned, not finished
+
+
+def pending(redis_client: redis.Redis) -> int:
+    return int(cast(int, redis_client.hlen(PENDING_KEY)))
+
+
+def test_an_interrupted_replay_run_again_queues_each_event_once(
+    env: dict[str, str], engine: Engine, redis_client: redis.Redis
+) -> None:
+    ids = _failures(env, engine, redis_client, 120)
+    # 20 a second, a batch of 20 a second: interrupted after the first batch or two.
+    replay = Proc(eventpipe("replay", "--all", "--rate", "20/s", "--wait", "0"), env, "replay")
+    wait_until(lambda: pending(redis_client) > 0, 30, "the first requeued batch")
+    replay.proc.send_signal(signal.SIGINT)
+    assert replay.proc.wait(30) == 130, replay.output()
+    assert "interrupted" in replay.output()
+    first = pending(redis_client)
+    assert 0 < first < 120
+
+    summary = cli_json(env, "replay", "--all", "--wait", "0")
+    assert summary["requeued"] == 120 - first
+    assert summary["skipped"] == {"already queued": first}
+    assert pending(redis_client) == 120
+
+    project_id = failed_rows(engine)[ids[0]].project_id
+    with transaction(engine) as conn:
+        from shared.store import upsert_contact
+
+        for i in range(120):
+            upsert_contact(project_id, f"ghost{i}@example.com", {}, conn=conn)
+    worker = start_worker(env, "--burst")
+    assert worker.proc.wait(60) == 0, worker.output()
+    assert stored_ids(engine) == ids and failed_rows(engine) == {}
+
+
+def test_stats_watch_refreshes_until_interrupted(
+    env: dict[str, str], engine: Engine, redis_client: redis.Redis
+) -> None:
+    watch = Proc(eventpipe("stats", "--watch", "--json", "--interval", "0.2"), env, "stats")
+    wait_until(lambda: watch.output().count("\n") >= 3, 30, "three refreshes")
+    watch.proc.send_signal(signal.SIGINT)
+    assert watch.proc.wait(30) == 0
+    frames = [json.loads(line) for line in watch.output().splitlines() if line.startswith("{")]
+    assert len(frames) >= 3 and all(f["store"]["reachable"] for f in frames)

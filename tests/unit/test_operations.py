@@ -224,3 +224,34 @@ def test_metrics_count_requests_accepted_and_rejected_events(client: Any, projec
     assert delta(by_template) == 1
     assert delta("eventpipe_enqueue_seconds_count") == 1
     assert metric(text, "eventpipe_queue_events") == 1 and metric(text, "eventpipe_redis_up") == 1
+
+
+def test_stats_report_an_unreachable_store_instead_of_failing() -> None:
+    from shared.db import make_engine
+    from shared.stats import describe_stats, store_stats
+    from tests.integration.services import free_port
+
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing"
+    engine = make_engine(Settings(database_url=url, db_connect_timeout=2))
+    try:
+        store = store_stats(engine)
+    finally:
+        engine.dispose()
+    assert store["reachable"] is False and store["error"]
+    text = describe_stats(
+        {"at": "now", "queueName": "q", "redis": {"reachable": False, "error": "x"}, "store": store}
+    )
+    assert "redis: UNREACHABLE" in text and "store: UNREACHABLE" in text
+
+
+def test_replay_summary_names_every_skip_reason() -> None:
+    from shared.replay import ReplaySummary, describe
+
+    summary = ReplaySummary(matched=5, requeued=2)
+    summary.skipped.update({"already queued": 2, "already stored": 1, "never": 0})
+    text = describe(summary)
+    assert text.splitlines()[:2] == [
+        "matched 5, requeued 2",
+        "skipped 3: already queued 2, already stored 1",
+    ]
+    assert summary.to_json()["skipped"] == {"already queued": 2, "already stored": 1}

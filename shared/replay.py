@@ -34,6 +34,9 @@ from shared.settings import Settings
 
 CHUNK = 100
 WAIT_POLL_SECONDS = 0.2
+# A replay holds off while the backlog is over this share of MAX_QUEUED_EVENTS: a big replay
+# must not fill the queue to the point where producers' sends answer 503.
+BACKLOG_SHARE = 0.5
 
 # Skip reasons, as the summary names them.
 ALREADY_QUEUED = "already queued"
@@ -122,6 +125,7 @@ class Replayer:
         self, settings: Settings, engine: Engine, connection: redis.Redis, queue: Queue
     ) -> None:
         self.engine = engine
+        self.backlog_limit = max(1, int(settings.max_queued_events * BACKLOG_SHARE))
         self.connection = connection
         self.queue = queue
         self.writer = JobWriter(queue, settings)
@@ -151,6 +155,8 @@ class Replayer:
                     rows = page_ascending(flt, room, after=after, conn=conn)
                 if not rows:
                     break
+                if not dry_run:
+                    self._wait_for_room()
                 after = rows[-1].id
                 summary.matched += len(rows)
                 matched_ids.update(r.id for r in rows)
@@ -163,6 +169,10 @@ class Replayer:
         if flt.ids and not summary.interrupted:
             self._count_unmatched([i for i in flt.ids if i not in matched_ids], summary)
         return summary
+
+    def _wait_for_room(self) -> None:
+        while int(cast(int, self.connection.hlen(PENDING_KEY))) >= self.backlog_limit:
+            time.sleep(WAIT_POLL_SECONDS)
 
     def _replay_chunk(self, rows: Sequence[Any], summary: ReplaySummary, dry_run: bool) -> None:
         stored = self._already_stored([r.id for r in rows], dry_run)

@@ -255,3 +255,23 @@ def test_replay_summary_names_every_skip_reason() -> None:
         "skipped 3: already queued 2, already stored 1",
     ]
     assert summary.to_json()["skipped"] == {"already queued": 2, "already stored": 1}
+
+
+def test_replay_holds_off_while_the_backlog_is_over_half_its_limit(
+    project: Project, worker_ctx: WorkerContext, engine: Engine, monkeypatch: Any
+) -> None:
+    from dataclasses import replace
+
+    ids = fail_events(project[0], 3)
+    settings = replace(worker_ctx.settings, max_queued_events=4)  # holds off from 2 queued
+    worker_ctx.redis.hset(PENDING_KEY, mapping={"a" * 24: "g1", "b" * 24: "g1"})
+    waits: list[float] = []
+
+    def workers_drain(seconds: float) -> None:
+        waits.append(seconds)
+        worker_ctx.redis.delete(PENDING_KEY)
+
+    monkeypatch.setattr("shared.replay.time.sleep", workers_drain)
+    replayer = Replayer(settings, engine, worker_ctx.redis, worker_ctx.queue)
+    summary = replayer.run(FailedFilter(ids=tuple(ids)))
+    assert len(waits) == 1 and summary.requeued == 3

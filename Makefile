@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed
 
-.PHONY: run test unit integration lint fmt bench clean
+.PHONY: run test unit integration lint fmt bench bench-durability clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ lint: $(STAMP)
 # peer, under wrk, against BENCH_DATABASE_URL and BENCH_REDIS_URL (see bench/run.py).
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# Figures, not a test: accepted events/s and latency with REDIS_DURABILITY=aof and =fsync,
+# against a private Valkey with AOF on (see bench/durability.py).
+bench-durability: $(STAMP)
+	$(BIN)/python bench/durability.py
 
 fmt: $(STAMP)
 	$(BIN)/ruff format .

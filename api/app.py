@@ -32,8 +32,9 @@ from shared.errors import EventpipeError, NotFound
 from shared.logs import configure_logging
 from shared.queue import (
     JobWriter,
+    check_fsync_support,
     connect_redis,
-    enqueue_events_async,
+    enqueue_function,
     make_queue,
     quick_async_retry,
 )
@@ -130,9 +131,12 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         settings.config_poll_seconds,
         settings.config_reload_seconds,
     )
+    if settings.redis_durability == "fsync":  # refuse to start rather than promise in vain
+        await check_fsync_support(state.redis)
+    enqueue = enqueue_function(settings)
     state.committer = GroupCommitter(
         ops.instrument_enqueue(
-            lambda events, records: enqueue_events_async(state.writer, state.redis, events, records)
+            lambda events, records: enqueue(state.writer, state.redis, events, records)
         ),
         Linger(
             settings.group_target_events,

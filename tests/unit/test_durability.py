@@ -1,0 +1,200 @@
+"""REDIS_DURABILITY: the setting, the fsync group write and the start-up refusal.
+
+The fsync write is checked against a scripted connection (fakeredis has no WAITAOF); the real
+thing runs against Valkey in tests/integration/test_durability.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import fakeredis
+import pytest
+import redis
+from redis.asyncio.client import Pipeline
+from sqlalchemy import Engine
+
+from shared.errors import EventpipeError, QueueUnavailable
+from shared.queue import (
+    JobWriter,
+    check_fsync_replies,
+    check_fsync_support,
+    enqueue_events_async,
+    enqueue_events_fsync,
+    enqueue_function,
+    make_queue,
+)
+from shared.settings import Settings, load_settings
+from tests.unit.conftest import make_client
+
+EVENT = {"id": "6b07ce1917312a624726013b", "eventName": "order_completed"}
+OK_REPLY = [1, 0]
+
+
+class ScriptedConnection:
+    """A pooled connection that answers like Redis: OK, QUEUED..., EXEC's list, then
+    `waitaof` (or `fail_at`'s error in place of that reply)."""
+
+    def __init__(self, waitaof: Any = OK_REPLY, fail_at: int | None = None) -> None:
+        self.waitaof, self.fail_at = waitaof, fail_at
+        self.sent: list[list[tuple[Any, ...]]] = []
+        self.replies: list[Any] = []
+        self.disconnected = False
+
+    def pack_commands(self, commands: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        return list(commands)
+
+    async def send_packed_command(self, packed: list[tuple[Any, ...]]) -> None:
+        self.sent.append(packed)
+        queued = len(packed) - 3
+        self.replies = [b"OK", *[b"QUEUED"] * queued, [1] * queued, self.waitaof]
+        if self.fail_at is not None:
+            self.replies[self.fail_at] = redis.ResponseError("OOM command not allowed")
+
+    async def read_response(self) -> Any:
+        reply = self.replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        if reply == "hang":
+            await asyncio.sleep(3600)
+        return reply
+
+    async def disconnect(self) -> None:
+        self.disconnected = True
+
+
+class ScriptedPool:
+    def __init__(self, conn: ScriptedConnection) -> None:
+        self.conn = conn
+        self.taken = self.released = 0
+
+    async def get_connection(self) -> ScriptedConnection:
+        self.taken += 1
+        return self.conn
+
+    async def release(self, conn: ScriptedConnection) -> None:
+        self.released += 1
+
+
+class ScriptedRedis:
+    def __init__(self, conn: ScriptedConnection) -> None:
+        self.connection_pool = ScriptedPool(conn)
+
+    def pipeline(self, transaction: bool = True) -> Pipeline:
+        return Pipeline(cast(Any, self.connection_pool), {}, transaction, None)
+
+
+@pytest.fixture
+def writer(settings: Settings) -> JobWriter:
+    return JobWriter(make_queue(settings, fakeredis.FakeRedis()), settings)
+
+
+def _fsync(writer: JobWriter, conn: ScriptedConnection) -> Callable[[], Any]:
+    client = cast(Any, ScriptedRedis(conn))
+    return functools.partial(enqueue_events_fsync, writer, client, [EVENT], timeout_ms=250)
+
+
+def test_the_durability_settings() -> None:
+    assert Settings().redis_durability == "aof"
+    assert load_settings({"REDIS_DURABILITY": "fsync"}).redis_durability == "fsync"
+    assert load_settings({"REDIS_FSYNC_TIMEOUT_MS": "500"}).redis_fsync_timeout_ms == 500
+    with pytest.raises(ValueError, match="REDIS_DURABILITY"):
+        load_settings({"REDIS_DURABILITY": "always"})
+    with pytest.raises(ValueError, match="REDIS_FSYNC_TIMEOUT_MS"):
+        load_settings({"REDIS_FSYNC_TIMEOUT_MS": "0"})  # WAITAOF would wait for ever
+
+
+def test_the_default_mode_keeps_the_plain_group_write() -> None:
+    assert enqueue_function(Settings()) is enqueue_events_async
+    fsync = enqueue_function(Settings(redis_durability="fsync", redis_fsync_timeout_ms=300))
+    assert isinstance(fsync, functools.partial)
+    assert fsync.func is enqueue_events_fsync and fsync.keywords == {"timeout_ms": 300}
+
+
+async def test_multi_exec_and_waitaof_go_in_one_write_on_one_connection(
+    writer: JobWriter,
+) -> None:
+    conn = ScriptedConnection()
+    client = ScriptedRedis(conn)
+    job_id = await enqueue_events_fsync(writer, cast(Any, client), [EVENT], timeout_ms=250)
+    [packed] = conn.sent
+    names = [command[0] for command in packed]
+    assert names[0] == "MULTI" and names[-2:] == ["EXEC", "WAITAOF"]
+    assert packed[-1] == ("WAITAOF", 1, 0, 250)
+    assert ("RPUSH", "rq:queue:eventpipe", job_id) in packed  # the job itself is inside
+    # Every reply read, the connection back in the pool and still usable.
+    assert conn.replies == [] and not conn.disconnected
+    assert client.connection_pool.released == client.connection_pool.taken == 1
+
+
+async def test_an_unconfirmed_fsync_is_a_503(writer: JobWriter) -> None:
+    conn = ScriptedConnection(waitaof=[0, 0])  # WAITAOF's timeout passed
+    with pytest.raises(QueueUnavailable, match="did not confirm the write on disk"):
+        await _fsync(writer, conn)()
+    assert not conn.disconnected  # every reply was read: the connection is in step
+
+
+@pytest.mark.parametrize("fail_at", [1, -1])  # a queued command (OOM), WAITAOF itself
+async def test_an_error_reply_is_a_503_and_drops_the_connection(
+    writer: JobWriter, fail_at: int
+) -> None:
+    conn = ScriptedConnection(fail_at=fail_at)
+    client = ScriptedRedis(conn)
+    with pytest.raises(QueueUnavailable):
+        await enqueue_events_fsync(writer, cast(Any, client), [EVENT], timeout_ms=250)
+    assert conn.disconnected  # replies left unread must not reach the next user
+    assert client.connection_pool.released == client.connection_pool.taken == 1
+
+
+async def test_a_cancelled_write_drops_the_connection(writer: JobWriter) -> None:
+    conn = ScriptedConnection(waitaof="hang")
+    task = asyncio.create_task(_fsync(writer, conn)())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert conn.disconnected
+
+
+def test_exec_errors_are_refused() -> None:
+    check_fsync_replies([b"OK", b"QUEUED", [1], OK_REPLY])
+    with pytest.raises(QueueUnavailable):
+        check_fsync_replies([b"OK", b"QUEUED", [redis.ResponseError("WRONGTYPE")], OK_REPLY])
+    with pytest.raises(QueueUnavailable):
+        check_fsync_replies([b"OK", b"QUEUED", None, OK_REPLY])  # EXEC aborted
+
+
+async def test_a_server_without_waitaof_is_refused() -> None:
+    client = fakeredis.FakeAsyncRedis()  # like Redis before 7.2: WAITAOF is unknown
+    with pytest.raises(EventpipeError, match=r"REDIS_DURABILITY=fsync refused.*WAITAOF"):
+        await check_fsync_support(client)
+    await client.aclose()
+
+
+class AofOff:
+    """A Valkey with `appendonly no`: WAITAOF exists, numlocal 1 is refused."""
+
+    async def info(self, section: str) -> dict[str, Any]:
+        return {"redis_version": "7.2.4", "server_name": "valkey", "valkey_version": "8.1.8"}
+
+    async def waitaof(self, numlocal: int, numreplicas: int, timeout: int) -> list[int]:
+        if numlocal:
+            raise redis.ResponseError("WAITAOF cannot be used when ... appendonly is disabled.")
+        return [0, 0]
+
+
+async def test_a_server_without_aof_is_refused() -> None:
+    with pytest.raises(EventpipeError, match=r"valkey 8\.1\.8.*appendonly yes"):
+        await check_fsync_support(cast(Any, AofOff()))
+
+
+def test_the_api_refuses_to_start_in_fsync_mode_on_such_a_server(
+    settings: Settings, engine: Engine, fake_server: fakeredis.FakeServer
+) -> None:
+    client = make_client(settings, engine, fake_server, redis_durability="fsync")
+    with pytest.raises(EventpipeError, match="REDIS_DURABILITY=fsync refused"):
+        with client:
+            pass

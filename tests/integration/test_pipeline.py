@@ -145,10 +145,12 @@ def test_revoked_key_is_refused_within_a_second_by_every_api_process(
     with httpx.Client(base_url=base, timeout=10) as http:
         # A key made by the CLI reaches this process at its next config poll (0.5 s).
         wait_until(
-            lambda: http.post(
-                "/v1/events", json=SEED_DEFINITION, headers=auth(key["apiKey"])
-            ).status_code
-            == 201,
+            lambda: (
+                http.post(
+                    "/v1/events", json=SEED_DEFINITION, headers=auth(key["apiKey"])
+                ).status_code
+                == 201
+            ),
             timeout=2,
             what="the new key to be accepted",
         )

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from shared import errors
@@ -18,6 +19,7 @@ from shared.eventlog import stored_json
 from shared.ids import new_id
 from shared.keys import NewKey, generate_key
 from shared.models import (
+    JsonType,
     api_keys,
     contacts,
     event_definitions,
@@ -216,31 +218,43 @@ def upsert_contact(
     """Create or update the contact with this (normalised) email; returns the row.
 
     `changes` holds the columns to set (first_name, last_name, user_id) and `custom_fields`,
-    merged into the stored ones.
+    merged into the stored ones. One INSERT ... ON CONFLICT DO UPDATE: atomic against a
+    concurrent create or delete of the same email (a read-then-write lost such races).
     """
     now = utcnow()
-    row = get_contact_row(project_id, email, conn=conn)
-    if row is None:
-        try:
-            with conn.begin_nested():
-                conn.execute(
-                    insert(contacts).values(
-                        id=new_id(),
-                        project_id=project_id,
-                        email=email,
-                        custom_fields={},
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
-        except IntegrityError:
-            pass  # created meanwhile by a concurrent upsert: update that one
-        row = get_contact_row(project_id, email, conn=conn)
-    values = {k: v for k, v in changes.items() if k != "custom_fields"}
-    values["custom_fields"] = {**row.custom_fields, **changes.get("custom_fields", {})}
-    values["updated_at"] = now
-    conn.execute(update(contacts).where(contacts.c.id == row.id).values(**values))
+    columns = {k: v for k, v in changes.items() if k != "custom_fields"}
+    stmt = _dialect_insert(conn)(contacts).values(
+        id=new_id(),
+        project_id=project_id,
+        email=email,
+        custom_fields=changes.get("custom_fields", {}),
+        created_at=now,
+        updated_at=now,
+        **columns,
+    )
+    incoming = stmt.excluded
+    merged = _json_merge(conn, contacts.c.custom_fields, incoming.custom_fields)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["project_id", "email"],
+        set_={
+            **{k: incoming[k] for k in columns},
+            "custom_fields": merged,
+            "updated_at": incoming.updated_at,
+        },
+    )
+    conn.execute(stmt)
     return get_contact_row(project_id, email, conn=conn)
+
+
+def _dialect_insert(conn: Connection) -> Any:
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+def _json_merge(conn: Connection, stored: Any, incoming: Any) -> Any:
+    """The stored custom fields with the incoming ones over them (flat objects of scalars)."""
+    if conn.dialect.name == "postgresql":
+        return stored.op("||", return_type=JsonType)(incoming)
+    return func.json_patch(stored, incoming)
 
 
 def create_contact(

@@ -179,6 +179,10 @@ def serve_api(args: argparse.Namespace, settings: Settings) -> int:
 
     from shared.metrics import use_directory
 
+    if settings.redis_durability == "fsync":
+        # Here, not only in each worker's lifespan: uvicorn with --workers > 1 exits 0 when
+        # its workers fail to start, and a supervisor would take that for a clean stop.
+        _check_fsync(settings)
     # Before uvicorn starts its workers: they inherit the metrics directory's setting.
     metrics_dir, temporary = use_directory(settings, "api")
     try:
@@ -187,6 +191,26 @@ def serve_api(args: argparse.Namespace, settings: Settings) -> int:
         if temporary:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def _check_fsync(settings: Settings) -> None:
+    """Raises EventpipeError (exit 1 with its message) when the server cannot fsync-confirm."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from shared.queue import check_fsync_support
+
+    async def check() -> None:
+        client = aioredis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=settings.redis_timeout_seconds
+        )
+        try:
+            await check_fsync_support(client)
+        finally:
+            await client.aclose()
+
+    asyncio.run(check())
 
 
 def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:

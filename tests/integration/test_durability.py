@@ -165,9 +165,9 @@ def test_every_event_acknowledged_before_a_redis_kill_is_stored_once(
 
 
 def _refused_start(env: dict[str, str]) -> str:
-    """`eventpipe serve` must exit with an error; its output. (One uvicorn worker: with more,
-    uvicorn 0.54's supervisor stops too, but with exit status 0.)"""
-    api = Proc(eventpipe("serve", "--port", "0"), env, "api")
+    """`eventpipe serve --workers 2` must exit with an error; its output. (uvicorn's own
+    supervisor would exit 0 when its workers fail to start: the CLI checks first.)"""
+    api = Proc(eventpipe("serve", "--port", "0", "--workers", "2"), env, "api")
     try:
         wait_until(lambda: api.proc.poll() is not None, 30, "the API to refuse to start")
     finally:

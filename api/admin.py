@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from api.apidoc import error_doc
 from api.http import ok, parse_json, read_body
 from shared import failed as failed_mod
 from shared.db import transaction
@@ -150,18 +151,6 @@ ROUTES = [
 # --- OpenAPI -----------------------------------------------------------------------------
 
 
-def _error(status: int, description: str, code: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {
-            "application/json": {
-                "schema": {"$ref": "#/components/schemas/Error"},
-                "example": {"success": False, "error": {"message": description, "code": code}},
-            }
-        },
-    }
-
-
 def _ok(description: str, data: dict[str, Any]) -> dict[str, Any]:
     schema = {
         "type": "object",
@@ -220,9 +209,9 @@ _SUMMARY = {
     },
 }
 _ADMIN_ERRORS = {
-    "400": _error(400, "Bad filter or body", "VALIDATION_FAILED"),
-    "401": _error(401, "Missing or wrong operator token (or OPERATOR_TOKEN unset)", "UNAUTHORIZED"),
-    "503": _error(503, "Redis or the store is unreachable", "SERVICE_UNAVAILABLE"),
+    "400": error_doc("Bad filter or body", "VALIDATION_FAILED"),
+    "401": error_doc("Missing or wrong operator token (or OPERATOR_TOKEN unset)", "UNAUTHORIZED"),
+    "503": error_doc("Redis or the store is unreachable", "SERVICE_UNAVAILABLE"),
 }
 _SECURITY: list[dict[str, list[str]]] = [{"operatorToken": []}]
 

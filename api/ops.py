@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
+from api.apidoc import error_doc
 from api.http import error_response, ok
 from shared import jsonio
 from shared.clock import aware, utcnow
@@ -240,18 +241,6 @@ ROUTES = [
 ]
 
 
-def _error_ref(description: str, code: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {
-            "application/json": {
-                "schema": {"$ref": "#/components/schemas/Error"},
-                "example": {"success": False, "error": {"message": description, "code": code}},
-            }
-        },
-    }
-
-
 def _status(description: str, example: dict[str, Any]) -> dict[str, Any]:
     data = {
         "type": "object",
@@ -296,7 +285,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                 "200": _status(
                     "Ready", {"status": "ready", "checks": {"redis": True, "config": True}}
                 ),
-                "503": _error_ref("Not ready: redis", "SERVICE_UNAVAILABLE"),
+                "503": error_doc("Not ready: redis", "SERVICE_UNAVAILABLE"),
             },
         }
     },

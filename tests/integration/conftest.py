@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from shared.ids import new_id
 from shared.migrations import upgrade
+from tests.integration.services import PostgresCluster
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +111,11 @@ def procs_cleanup() -> Iterator[list[Any]]:
 @pytest.fixture
 def env(database_url: str, redis_client: redis.Redis) -> dict[str, str]:
     return service_env(database_url, REDIS_URL)
+
+
+@pytest.fixture
+def pg_cluster(admin_engine: Engine) -> Iterator[PostgresCluster]:
+    """A private PostgreSQL cluster, for a test that stops it (the machine's one stays up)."""
+    cluster = PostgresCluster()
+    yield cluster
+    cluster.close()

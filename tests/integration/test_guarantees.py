@@ -9,12 +9,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-import pytest
 import redis
 from sqlalchemy import Engine, create_engine, func, select
 
@@ -166,13 +164,6 @@ def test_parallel_retries_of_one_key_make_one_event_while_a_worker_dies(
 
 
 # --- fault 2: PostgreSQL stopped for 60 s under load --------------------------------------
-
-
-@pytest.fixture
-def pg_cluster() -> Iterator[PostgresCluster]:
-    cluster = PostgresCluster()
-    yield cluster
-    cluster.close()
 
 
 def test_a_60_second_store_outage_under_load_loses_and_doubles_nothing(

@@ -165,6 +165,7 @@ def batch_rows(results: Results) -> list[str]:
             "batch: accepted events/s, 500-event batches (wrk -t2 -c16 10 s, no worker)",
             accept.accepted_rate if accept else None,
         ),
+        one("batch: non-2xx events in that run", accept.non_2xx if accept else None),
         one("batch: latency p50 of a batch, ms", accept.p50_ms if accept else None, 1),
         one("batch: latency p99 of a batch, ms", accept.p99_ms if accept else None, 1),
         one(
@@ -312,9 +313,12 @@ def clean(value: Any) -> Any:
     return value
 
 
-def save(results: Results, directory: Path) -> tuple[Path, Path]:
+def save(results: Results, directory: Path) -> tuple[Path, Path | None]:
+    """The raw figures, and the plot of the sustained steps (none in a `--batch` run)."""
     directory.mkdir(parents=True, exist_ok=True)
     raw, png = directory / "bench.json", directory / "bench.png"
     raw.write_text(json.dumps(clean(results.as_dict()), indent=2) + "\n")
+    if not any(results.sustained.values()):
+        return raw, None
     plot(results, png)
     return raw, png

@@ -162,7 +162,8 @@ def main() -> int:
     raw, png = save(results, OUT_DIR)
     print()
     print(table(results))
-    print(f"\nrun took {results.seconds / 60:.1f} min; raw figures {raw}; plot {png}")
+    drawn = png or "none (no sustained steps in this run)"
+    print(f"\nrun took {results.seconds / 60:.1f} min; raw figures {raw}; plot {drawn}")
     return 0
 
 

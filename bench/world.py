@@ -65,6 +65,10 @@ class World:
             "DATABASE_URL": self.database_url,
             "REDIS_URL": REDIS_URL,
             "LOG_LEVEL": "WARNING",
+            # The closed-loop accept runs queue with no worker draining: 10 s of batches
+            # (~800k events, plus the warm-up) would meet the default backpressure limit
+            # (1M) and measure 503s instead of the accept path.
+            "MAX_QUEUED_EVENTS": "5000000",
             "NAIVE_API_KEY": self.api_key,
             "NAIVE_PROJECT_ID": self.project_id,
         }

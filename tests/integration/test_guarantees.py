@@ -38,6 +38,9 @@ def _project(env: dict[str, str], base: str, contact: bool = True) -> str:
     with httpx.Client(base_url=base, headers=auth(key), timeout=10) as http:
         wait_until(lambda: http.get("/v1/events").status_code == 200, 5, "the new key")
         assert http.post("/v1/events", json=SEED_DEFINITION).status_code == 201
+        # The other API processes (workers=2) see the new definition at their next config
+        # poll: within the documented second.
+        time.sleep(1.0)
         if contact:
             assert http.post("/v1/contacts/email", json={"email": "jane@example.com"}).is_success
     return key

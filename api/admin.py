@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api.apidoc import error_doc
+from api.apidoc import error_doc, ok_doc
 from api.http import ok, parse_json, read_body
 from shared import failed as failed_mod
 from shared.db import transaction
@@ -151,15 +151,6 @@ ROUTES = [
 # --- OpenAPI -----------------------------------------------------------------------------
 
 
-def _ok(description: str, data: dict[str, Any]) -> dict[str, Any]:
-    schema = {
-        "type": "object",
-        "properties": {"success": {"const": True}, "data": data},
-        "required": ["success", "data"],
-    }
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {
         "name": name,
@@ -227,7 +218,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                 _query("cursor", {"type": "string"}, "nextCursor of the previous page"),
             ],
             "responses": {
-                "200": _ok(
+                "200": ok_doc(
                     "A page of failed events",
                     {
                         "type": "object",
@@ -276,7 +267,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                     }
                 },
             },
-            "responses": {"200": _ok("What the replay did", _SUMMARY), **_ADMIN_ERRORS},
+            "responses": {"200": ok_doc("What the replay did", _SUMMARY), **_ADMIN_ERRORS},
         }
     },
 }

@@ -18,6 +18,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from api import admin, ops
+from api.apidoc import ok_doc
 from api.batch import MAX_ITEMS as MAX_BATCH_ITEMS
 from api.http import JsonResponse
 from shared.contacts import MAX_BULK_CONTACTS, MAX_EMAILS
@@ -318,19 +319,6 @@ def error_response(status: int, *codes: str) -> Schema:
     return response
 
 
-def success(status: int, description: str, data: Schema, example: Any) -> Schema:
-    schema = _obj({"success": {"const": True}, "data": data}, ["success", "data"])
-    return {
-        "description": description,
-        "content": {
-            "application/json": {
-                "schema": schema,
-                "example": {"success": True, "data": example},
-            }
-        },
-    }
-
-
 def deleted(message: str | None) -> Schema:
     props: dict[str, Schema] = {"success": {"const": True}}
     example: dict[str, Any] = {"success": True}
@@ -423,8 +411,8 @@ CONTACT_ID_PARAM = path_param("contactId", ID, "The contact's id")
 INVALID = (400, error_response(400, "VALIDATION_FAILED"))
 NO_EVENT = (404, error_response(404, "EVENT_NOT_FOUND", "NOT_FOUND"))
 NO_CONTACT = (404, error_response(404, "CONTACT_NOT_FOUND", "NOT_FOUND"))
-DEFINITION_OK = success(200, "The definition", ref("Definition"), DEFINITION_EXAMPLE)
-CONTACT_OK = success(200, "The contact", ref("Contact"), CONTACT_EXAMPLE)
+DEFINITION_OK = ok_doc("The definition", ref("Definition"), DEFINITION_EXAMPLE)
+CONTACT_OK = ok_doc("The contact", ref("Contact"), CONTACT_EXAMPLE)
 
 DEFINITION_PATCH = _obj(
     {
@@ -555,8 +543,7 @@ PATHS: dict[str, Schema] = {
             common(
                 (
                     200,
-                    success(
-                        200,
+                    ok_doc(
                         "The definitions",
                         _obj({"events": {"type": "array", "items": ref("Definition")}}, ["events"]),
                         {"events": [DEFINITION_EXAMPLE]},
@@ -568,7 +555,7 @@ PATHS: dict[str, Schema] = {
             "Create a definition",
             DEFINITIONS,
             with_body(
-                (201, success(201, "Created", ref("Definition"), DEFINITION_EXAMPLE)),
+                (201, ok_doc("Created", ref("Definition"), DEFINITION_EXAMPLE)),
                 (
                     400,
                     error_response(
@@ -610,8 +597,7 @@ PATHS: dict[str, Schema] = {
                 (413, error_response(413, "PAYLOAD_TOO_LARGE")),
                 (
                     202,
-                    success(
-                        202,
+                    ok_doc(
                         "Accepted and queued (or, with `Idempotent-Replayed: true`, the answer "
                         "given to the first request with this Idempotency-Key)",
                         ref("Event"),
@@ -631,8 +617,7 @@ PATHS: dict[str, Schema] = {
                 ),
                 (
                     201,
-                    success(
-                        201,
+                    ok_doc(
                         "With `Prefer: wait=N`: stored within N seconds (AutoSend's answer)",
                         STORED_RECORD,
                         {k: v for k, v in STORED_EXAMPLE.items() if k != "status"},
@@ -662,8 +647,7 @@ PATHS: dict[str, Schema] = {
                 (413, error_response(413, "PAYLOAD_TOO_LARGE")),
                 (
                     202,
-                    success(
-                        202,
+                    ok_doc(
                         "At least one item accepted or a duplicate",
                         BATCH_RESULT,
                         BATCH_EXAMPLE,
@@ -741,7 +725,7 @@ PATHS: dict[str, Schema] = {
             "An event's status: queued, stored (the stored record) or failed (with its error)",
             SENDING,
             common(
-                (200, success(200, "The event", ref("Event"), STORED_EXAMPLE)),
+                (200, ok_doc("The event", ref("Event"), STORED_EXAMPLE)),
                 (404, error_response(404, "NOT_FOUND")),
             ),
         ),
@@ -751,7 +735,7 @@ PATHS: dict[str, Schema] = {
             "Create a contact",
             CONTACTS,
             with_body(
-                (201, success(201, "Created", ref("Contact"), CONTACT_EXAMPLE)),
+                (201, ok_doc("Created", ref("Contact"), CONTACT_EXAMPLE)),
                 INVALID,
                 (409, error_response(409, "CONTACT_ALREADY_EXISTS")),
             ),
@@ -773,8 +757,7 @@ PATHS: dict[str, Schema] = {
             with_body(
                 (
                     200,
-                    success(
-                        200,
+                    ok_doc(
                         "Counts",
                         BULK_RESULT,
                         {"successCount": 1, "failedCount": 0, "totalCount": 1, "errors": []},
@@ -808,8 +791,7 @@ PATHS: dict[str, Schema] = {
             with_body(
                 (
                     200,
-                    success(
-                        200,
+                    ok_doc(
                         "The contacts found",
                         _obj(
                             {"contacts": {"type": "array", "items": ref("Contact")}}, ["contacts"]
@@ -857,8 +839,7 @@ PATHS: dict[str, Schema] = {
             common(
                 (
                     200,
-                    success(
-                        200,
+                    ok_doc(
                         "One page",
                         LOG_PAGE,
                         {"events": [STORED_EXAMPLE], "nextCursor": "czoxMjM0"},

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from api.apidoc import error_doc
+from api.apidoc import error_doc, ok_doc
 from api.http import error_response, ok
 from shared import jsonio
 from shared.clock import aware, utcnow
@@ -250,20 +250,7 @@ def _status(description: str, example: dict[str, Any]) -> dict[str, Any]:
         },
         "required": ["status"],
     }
-    schema = {
-        "type": "object",
-        "properties": {"success": {"const": True}, "data": data},
-        "required": ["success", "data"],
-    }
-    return {
-        "description": description,
-        "content": {
-            "application/json": {
-                "schema": schema,
-                "example": {"success": True, "data": example},
-            }
-        },
-    }
+    return ok_doc(description, data, example)
 
 
 OPENAPI_PATHS: dict[str, Any] = {

@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from api.http import JsonResponse, ok
 from api.idempotency import Answer, Claim, check_key, fingerprint
-from api.routes import read_authenticated
+from api.routes import enqueue, read_authenticated
 from shared.errors import EventpipeError, ValidationFailed, idempotency_key_mismatch
 from shared.queue import Event
 from shared.schema import check_send
@@ -81,7 +81,7 @@ class Plan:
     """What to do with the items that passed their checks."""
 
     plain: list[tuple[int, Event]] = field(default_factory=list)
-    keyed: list[tuple[int, str, Any, Event]] = field(default_factory=list)
+    keyed: list[tuple[int, str, str, Event]] = field(default_factory=list)  # index, key, print
     repeats: list[tuple[int, int]] = field(default_factory=list)  # (item, first of its key)
 
 
@@ -95,7 +95,7 @@ async def send_batch(request: Request) -> Response:
     claims: list[Claim] = []
     if plan.keyed:
         outcomes = await state.idempotency.claim_many(
-            project_id, [(key, item, event) for _, key, item, event in plan.keyed]
+            project_id, [(key, print_, event) for _, key, print_, event in plan.keyed]
         )
         for (index, _, _, event), outcome in zip(plan.keyed, outcomes, strict=True):
             if isinstance(outcome, Claim):
@@ -107,7 +107,8 @@ async def send_batch(request: Request) -> Response:
                 receipts.rejected(index, outcome)
     if accepted:
         accepted.sort(key=lambda pair: pair[0])  # stored in request order
-        await _enqueue(state, [event for _, event in accepted], claims)
+        events = [event for _, event in accepted]
+        await enqueue(state, len(events), claims, lambda r: state.committer.submit_batch(events, r))
         for index, event in accepted:
             receipts.accepted(index, event["id"])
     for index, first in plan.repeats:
@@ -143,24 +144,12 @@ def _check_items(items: list[Any], project_id: str, finder: Any, receipts: Recei
         print_ = fingerprint(send_body)
         if key not in first_of:
             first_of[key] = (index, print_)
-            plan.keyed.append((index, key, send_body, event))
+            plan.keyed.append((index, key, print_, event))
         elif first_of[key][1] == print_:
             plan.repeats.append((index, first_of[key][0]))
         else:
             receipts.rejected(index, idempotency_key_mismatch())
     return plan
-
-
-async def _enqueue(state: Any, events: list[Event], claims: list[Claim]) -> None:
-    records = [claim.answered(202, state.idempotency.ttl_seconds) for claim in claims]
-    try:
-        state.backlog.check()
-        state.backlog.added(len(events))
-        await state.committer.submit_batch(events, records)
-    except EventpipeError:
-        for claim in claims:
-            await state.idempotency.release(claim)
-        raise
 
 
 ROUTES = [Route("/v1/events/batch", send_batch, methods=["POST"])]

@@ -128,19 +128,17 @@ class Idempotency:
     async def claim(self, project_id: str, key: str, body: Any, event: Event) -> Claim | Answer:
         """This request's claim on `key`, or the answer of the request that made the event
         (raises 409 while that one is in flight, 422 if its body differs)."""
-        (outcome,) = await self.claim_many(project_id, [(check_key(key), body, event)])
+        (outcome,) = await self.claim_many(project_id, [(check_key(key), fingerprint(body), event)])
         if isinstance(outcome, EventpipeError):
             raise outcome
         return outcome
 
     async def claim_many(
-        self, project_id: str, items: list[tuple[str, Any, Event]]
+        self, project_id: str, items: list[tuple[str, str, Event]]
     ) -> list[Claim | Answer | EventpipeError]:
-        """`claim` for (key, body, event) items with distinct keys, in one round trip; each
-        refusal is returned, not raised."""
-        ours = [
-            Answer(fingerprint(body), e["id"], e["createdAt"], IN_FLIGHT) for _, body, e in items
-        ]
+        """`claim` for (key, body fingerprint, event) items with distinct keys, in one round
+        trip; each refusal is returned, not raised."""
+        ours = [Answer(print_, e["id"], e["createdAt"], IN_FLIGHT) for _, print_, e in items]
         names = [redis_key(project_id, key) for key, _, _ in items]
         try:
             held = await self._claim(

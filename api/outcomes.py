@@ -58,7 +58,8 @@ class Outcomes:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="outcomes")
-        # Not waited for: without Redis the API still starts; waits then answer 202.
+        # Waited for at most 2 s: without Redis the API still starts (waits then answer 202
+        # until the subscription is up).
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._subscribed.wait(), timeout=2)
 

@@ -31,7 +31,7 @@ from shared.errors import (
     contact_not_found_for_event,
 )
 from shared.ids import is_id
-from shared.queue import CONFIG_VERSION_KEY, FAILED_KEY, PENDING_KEY, Event, read_payload
+from shared.queue import CONFIG_VERSION_KEY, FAILED_KEY, PENDING_KEY, Event, Record, read_payload
 from shared.schema import check_send
 from shared.settings import MAX_SEND_BODY_BYTES
 
@@ -97,27 +97,34 @@ async def send_event(request: Request) -> Response:
         if isinstance(held, Answer):
             return _replayed(held, event)
         claim = held
+    claims = [claim] if claim else []
     wait = parse_prefer_wait(request.headers.get("prefer"), state.settings.max_wait_seconds)
     if not wait:
-        await _enqueue(state, event, len(raw), claim)
+        await enqueue(state, 1, claims, lambda r: state.committer.submit(event, len(raw), r))
         return _accepted(event)
     event["wait"] = True  # the worker publishes this event's outcome
     with state.outcomes.expect(event["id"]) as outcome:
-        await _enqueue(state, event, len(raw), claim)
+        await enqueue(state, 1, claims, lambda r: state.committer.submit(event, len(raw), r))
         response = await _when_done(request, event, outcome, wait, claim)
     response.headers["Preference-Applied"] = f"wait={wait}"
     return response
 
 
-async def _enqueue(state: Any, event: Event, size: int, claim: Claim | None) -> None:
-    """Into the next group; the key's answer (if any) goes in the same MULTI/EXEC."""
-    records = [claim.answered(202, state.idempotency.ttl_seconds)] if claim else []
+async def enqueue(
+    state: Any,
+    count: int,
+    claims: list[Claim],
+    write: Callable[[list[Record]], Awaitable[None]],
+) -> None:
+    """Put `count` accepted events in Redis through `write`, with their keys' answers in the
+    same MULTI/EXEC; past the backlog limit, or if the write fails, free the keys and raise."""
+    records = [claim.answered(202, state.idempotency.ttl_seconds) for claim in claims]
     try:
         state.backlog.check()
-        state.backlog.added(1)
-        await state.committer.submit(event, size, records)
+        state.backlog.added(count)
+        await write(records)
     except EventpipeError:
-        if claim is not None:
+        for claim in claims:
             await state.idempotency.release(claim)
         raise
 

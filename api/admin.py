@@ -12,19 +12,23 @@ import hmac
 from typing import Any
 
 import anyio.to_thread
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from api.apidoc import error_doc, ok_doc
 from api.http import ok, parse_json, read_body
+from api.routes import in_transaction, json_object
 from shared import failed as failed_mod
-from shared.db import transaction
-from shared.errors import Unauthorized, ValidationFailed
+from shared.errors import QueueUnavailable, Unauthorized, ValidationFailed
 from shared.settings import MAX_BODY_BYTES, Settings
 
 # A replay request waits at most this long for the workers' outcome before answering.
 MAX_WAIT_SECONDS = 30.0
+# How long a replay through the API waits for the backlog to make room before it stops
+# (answering what it did, `interrupted`); the CLI waits as long as it takes.
+ROOM_WAIT_SECONDS = 30.0
 
 
 def check_operator(request: Request) -> None:
@@ -82,17 +86,13 @@ async def list_failed(request: Request) -> Response:
     check_operator(request)
     query = dict(request.query_params)
     flt = filter_from(query)
-    limit = _int(query, "limit", 100, failed_mod.MAX_PAGE) or 100
+    limit = _int(query, "limit", 100, failed_mod.MAX_PAGE) or 100  # (typing: never None)
     cursor = _text(query, "cursor")
     if cursor is not None:
         failed_mod.check_ids([cursor])
-    engine = request.app.state.engine
-
-    def read() -> list[dict[str, Any]]:
-        with transaction(engine) as conn:
-            return failed_mod.list_failed(flt, limit + 1, before=cursor, conn=conn)
-
-    rows = await anyio.to_thread.run_sync(read, limiter=request.app.state.db_limiter)
+    rows = await in_transaction(
+        request, lambda conn: failed_mod.list_failed(flt, limit + 1, before=cursor, conn=conn)
+    )
     page = rows[:limit]
     next_cursor = page[-1]["id"] if len(rows) > limit else None
     return ok({"failed": page, "nextCursor": next_cursor})
@@ -103,9 +103,7 @@ async def list_failed(request: Request) -> Response:
 
 async def replay(request: Request) -> Response:
     check_operator(request)
-    body = parse_json(await read_body(request, MAX_BODY_BYTES))
-    if not isinstance(body, dict):
-        raise ValidationFailed("Request body must be a JSON object")
+    body = json_object(parse_json(await read_body(request, MAX_BODY_BYTES)))
     ids = body.get("ids") or []
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise ValidationFailed("ids must be an array of event ids")
@@ -117,9 +115,11 @@ async def replay(request: Request) -> Response:
     if type(wait) not in (int, float) or not 0 <= wait <= MAX_WAIT_SECONDS:
         raise ValidationFailed(f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}")
     dry_run = body.get("dryRun") is True
+    # A limiter of its own: a replay can take a while (backlog hold-off, the wait), and must
+    # not hold the slots the management endpoints and the config reloads use.
     summary = await anyio.to_thread.run_sync(
         lambda: _run_replay(request, flt, limit, dry_run, float(wait)),
-        limiter=request.app.state.db_limiter,
+        limiter=request.app.state.replay_limiter,
     )
     return ok(summary)
 
@@ -136,9 +136,12 @@ def _run_replay(
     state = request.app.state
     queue = state.queue
     replayer = Replayer(state.settings, state.engine, queue.connection, queue)
-    summary = replayer.run(flt, limit=limit, dry_run=dry_run)
-    if wait > 0 and not dry_run:
-        replayer.wait_for_outcomes(summary, wait)
+    try:
+        summary = replayer.run(flt, limit=limit, dry_run=dry_run, room_wait=ROOM_WAIT_SECONDS)
+        if wait > 0 and not dry_run:
+            replayer.wait_for_outcomes(summary, wait)
+    except RedisError as exc:
+        raise QueueUnavailable() from exc
     return summary.to_json()
 
 

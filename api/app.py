@@ -125,6 +125,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     )
     state.writer = JobWriter(state.queue, settings)
     state.db_limiter = anyio.CapacityLimiter(settings.db_threads)
+    state.replay_limiter = anyio.CapacityLimiter(1)  # POST /v1/admin/replay, one at a time
     state.cache = ConfigCache(
         lambda: anyio.to_thread.run_sync(_load_snapshot, state.engine, limiter=state.db_limiter),
         state.redis,

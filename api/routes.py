@@ -21,7 +21,7 @@ from api.auth import authenticate
 from api.http import error_response, ok, parse_json, read_body
 from api.idempotency import Answer, Claim
 from api.outcomes import Outcome, parse_prefer_wait
-from shared import store
+from shared import failed, store
 from shared.db import transaction
 from shared.errors import (
     EventpipeError,
@@ -176,14 +176,14 @@ async def _forget_failed(request: Request, event: Event) -> bool:
 
     def forget() -> None:
         with transaction(state.engine) as conn:
-            store.forget_failed_event(event["projectId"], event["id"], conn=conn)
+            failed.delete_failed([event["id"]], conn=conn)
         queue = state.queue
-        queue.failed_job_registry.remove(event["id"], delete_job=True)
+        failed.forget_failed_jobs(queue.connection, queue, [event["id"]])
         queue.connection.hincrby(FAILED_KEY, contact_not_found_for_event().code, -1)
 
     try:
         await in_db_thread(request, forget)
-    except (EventpipeError, RedisError, NoSuchJobError):
+    except (EventpipeError, RedisError):
         log.warning("could not remove the failed event %s after a wait", event["id"])
         return False
     return True

@@ -11,13 +11,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
 from sqlalchemy import ColumnElement, Connection, Engine, Select, delete, func, select
 
 from shared.clock import aware, iso_ms, utcnow
+from shared.coercion import CoercionError, parse_date
 from shared.db import transaction
 from shared.errors import NotFound, ValidationFailed
 from shared.ids import is_id
@@ -71,12 +72,11 @@ def parse_time(text: str, *, now: datetime | None = None) -> datetime:
         amount = timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
         return (now or utcnow()) - amount
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
+        return parse_date(text)  # the `date` type's rules: RFC 3339 only
+    except CoercionError as exc:
         raise ValidationFailed(
             f"{text!r} is not a time: use 2026-05-08, 2026-05-08T13:45:00Z or 2h (ago)"
         ) from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def check_ids(ids: Sequence[str]) -> tuple[str, ...]:
@@ -146,9 +146,9 @@ def show_failed(event_id: str, *, conn: Connection) -> dict[str, Any]:
 
 
 def delete_failed(ids: Sequence[str], *, conn: Connection) -> None:
-    """Drop failure records (their attempts go with them, ON DELETE CASCADE)."""
+    """Drop failure records (their attempts go with them: ON DELETE CASCADE, which SQLite
+    enforces too, with the foreign keys shared.db turns on)."""
     if ids:
-        conn.execute(delete(failed_event_attempts).where(failed_event_attempts.c.event_id.in_(ids)))
         conn.execute(delete(failed_events).where(failed_events.c.id.in_(ids)))
 
 

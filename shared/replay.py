@@ -103,6 +103,10 @@ class ReplaySummary:
         return data
 
 
+class _NoRoom(Exception):
+    """The backlog stayed over its share for longer than the caller would wait."""
+
+
 class Pacer:
     """At most `rate` events a second (None: as fast as it goes)."""
 
@@ -139,9 +143,12 @@ class Replayer:
         dry_run: bool = False,
         rate: float | None = None,
         progress: Callable[[ReplaySummary], None] | None = None,
+        room_wait: float | None = None,
     ) -> ReplaySummary:
         """Requeue the matching failed events, in id order, a chunk at a time. Interrupted
-        (KeyboardInterrupt), it returns what it did so far with `interrupted` set."""
+        (KeyboardInterrupt), or held off by the backlog for more than `room_wait` seconds
+        (None: as long as it takes), it returns what it did so far with `interrupted` set:
+        running it again goes on without queueing anything twice."""
         summary = ReplaySummary(dry_run=dry_run)
         pacer = Pacer(rate)
         after: str | None = None
@@ -156,7 +163,7 @@ class Replayer:
                 if not rows:
                     break
                 if not dry_run:
-                    self._wait_for_room()
+                    self._wait_for_room(room_wait)
                 after = rows[-1].id
                 summary.matched += len(rows)
                 matched_ids.update(r.id for r in rows)
@@ -164,14 +171,17 @@ class Replayer:
                 if progress is not None:
                     progress(summary)
                 pacer.wait(summary.requeued)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, _NoRoom):
             summary.interrupted = True
         if flt.ids and not summary.interrupted:
             self._count_unmatched([i for i in flt.ids if i not in matched_ids], summary)
         return summary
 
-    def _wait_for_room(self) -> None:
+    def _wait_for_room(self, seconds: float | None) -> None:
+        deadline = None if seconds is None else time.monotonic() + seconds
         while int(cast(int, self.connection.hlen(PENDING_KEY))) >= self.backlog_limit:
+            if deadline is not None and time.monotonic() > deadline:
+                raise _NoRoom()
             time.sleep(WAIT_POLL_SECONDS)
 
     def _replay_chunk(self, rows: Sequence[Any], summary: ReplaySummary, dry_run: bool) -> None:

@@ -24,7 +24,6 @@ from shared.models import (
     contacts,
     event_definitions,
     events,
-    failed_event_attempts,
     failed_events,
     projects,
 )
@@ -360,17 +359,6 @@ def find_outcome(project_id: str, event_id: str, *, conn: Connection) -> dict[st
         "status": "failed",
         "error": {"code": failed.code, "message": failed.message},
     }
-
-
-def forget_failed_event(project_id: str, event_id: str, *, conn: Connection) -> None:
-    """Remove every record of a failed event (its attempts go with it: ON DELETE CASCADE,
-    deleted here too for SQLite, which enforces it only with foreign keys on)."""
-    conn.execute(delete(failed_event_attempts).where(failed_event_attempts.c.event_id == event_id))
-    conn.execute(
-        delete(failed_events).where(
-            failed_events.c.id == event_id, failed_events.c.project_id == project_id
-        )
-    )
 
 
 def stored_view(event: dict[str, Any], contact_id: str) -> dict[str, Any]:

@@ -6,11 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert, or_, select
+from sqlalchemy import Connection, Engine, insert, or_, select
 
 from shared import errors
 from shared.clock import parse_iso_ms, utcnow
 from shared.db import insert_ignoring_duplicates, record_failures, transaction
+from shared.failed import delete_failed
 from shared.models import contacts, events, failed_event_attempts, failed_events
 from shared.queue import Event
 
@@ -55,10 +56,8 @@ def store_batch(engine: Engine, batch: Sequence[Event], *, replay: bool = False)
                 insert(failed_event_attempts),
                 [_attempt_row(e, err, now) for e, err in outcome.failed],
             )
-        if replay and rows:
-            conn.execute(
-                delete(failed_events).where(failed_events.c.id.in_([r["id"] for r in rows]))
-            )
+        if replay:
+            delete_failed([r["id"] for r in rows], conn=conn)  # stored now: failed no more
     return outcome
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, create_engine, func, select
 
 from shared.db import transaction
 from shared.migrations import upgrade
-from shared.models import events, failed_events
+from shared.models import events, failed_event_attempts, failed_events
 from shared.queue import PENDING_KEY
 from tests.integration.conftest import REDIS_URL, service_env
 from tests.integration.services import (
@@ -128,7 +128,7 @@ def test_prefer_wait_gives_autosends_answers(
         assert missing.status_code == 404
         assert missing.json()["error"]["code"] == "CONTACT_NOT_FOUND_FOR_EVENT"
     # As AutoSend: nothing recorded, neither in the store nor in RQ's failed registry.
-    assert _count(engine, failed_events) == 0
+    assert _count(engine, failed_events) == _count(engine, failed_event_attempts) == 0
     assert redis_client.zcard("rq:failed:eventpipe") == 0
     assert _count(engine, events) == 11
 

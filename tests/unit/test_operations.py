@@ -75,7 +75,16 @@ def test_admin_api_takes_the_operator_token_only(admin: Any, project: Project) -
 
 @pytest.mark.parametrize(
     "query",
-    ["since=yesterday", "until=2026-13-01", "limit=0", "limit=1001", "limit=x", "cursor=zz"],
+    [
+        "since=yesterday",
+        "until=2026-13-01",
+        "since=20260508",  # ISO 8601 basic form: not RFC 3339
+        "since=2026-W19",
+        "limit=0",
+        "limit=1001",
+        "limit=x",
+        "cursor=zz",
+    ],
 )
 def test_admin_list_refuses_bad_filters_with_400(admin: Any, query: str) -> None:
     answer = admin.get(f"/v1/admin/failed?{query}", headers=op_auth())
@@ -113,6 +122,19 @@ def test_admin_list_pages_and_filters(admin: Any, project: Project) -> None:
     assert by_code["failed"] == []
     recent = admin.get("/v1/admin/failed?since=1h", headers=op_auth()).json()["data"]
     assert len(recent["failed"]) == 3
+    older = admin.get("/v1/admin/failed?until=1h", headers=op_auth()).json()["data"]
+    assert older["failed"] == []
+
+
+def test_admin_replay_with_redis_away_is_503(
+    admin: Any, project: Project, fake_server: Any
+) -> None:
+    fail_events(project[0], 1)
+    fake_server.connected = False
+    answer = admin.post("/v1/admin/replay", json={"all": True}, headers=op_auth())
+    fake_server.connected = True
+    assert answer.status_code == 503 and answer.headers["Retry-After"]
+    assert answer.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
 
 
 def test_admin_replay_requeues_once_then_skips_what_is_queued(
@@ -275,3 +297,20 @@ def test_replay_holds_off_while_the_backlog_is_over_half_its_limit(
     replayer = Replayer(settings, engine, worker_ctx.redis, worker_ctx.queue)
     summary = replayer.run(FailedFilter(ids=tuple(ids)))
     assert len(waits) == 1 and summary.requeued == 3
+
+
+def test_a_replay_the_backlog_never_makes_room_for_stops_instead_of_hanging(
+    project: Project, worker_ctx: WorkerContext, engine: Engine, monkeypatch: Any
+) -> None:
+    from dataclasses import replace
+
+    ids = fail_events(project[0], 3)
+    settings = replace(worker_ctx.settings, max_queued_events=4)
+    worker_ctx.redis.hset(PENDING_KEY, mapping={"a" * 24: "g1", "b" * 24: "g1"})  # never drains
+    clock = iter(range(1000))
+    monkeypatch.setattr("shared.replay.time.monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr("shared.replay.time.sleep", lambda seconds: None)
+    replayer = Replayer(settings, engine, worker_ctx.redis, worker_ctx.queue)
+    summary = replayer.run(FailedFilter(ids=tuple(ids)), room_wait=5)
+    assert summary.interrupted and summary.requeued == 0
+    assert worker_ctx.queue.count == 0

@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 from api.outcomes import parse_prefer_wait
 from shared.db import transaction
 from shared.devseed import SEED_EVENT
-from shared.models import events, failed_events
+from shared.models import events, failed_event_attempts, failed_events
 from tests.unit.conftest import auth
 from tests.unit.test_api import setup_seed
 from worker.context import WorkerContext
@@ -79,6 +79,7 @@ def test_an_unknown_contact_answers_404_and_records_nothing(
     assert r.status_code == 404 and r.json()["error"]["code"] == "CONTACT_NOT_FOUND_FOR_EVENT"
     assert r.headers["Preference-Applied"] == "wait=5"
     assert count(engine, failed_events) == 0 and count(engine, events) == 0
+    assert count(engine, failed_event_attempts) == 0  # gone with its record (cascade)
     assert worker_ctx.queue.failed_job_registry.count == 0
 
 

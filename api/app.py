@@ -197,7 +197,7 @@ def _load_snapshot(engine: Any) -> store.ConfigSnapshot:
 
 async def _render_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, EventpipeError)
-    return error_response(exc, request.app.state.settings.retry_after_seconds)
+    return error_response(request, exc)
 
 
 async def _render_http_error(request: Request, exc: Exception) -> Response:
@@ -208,7 +208,7 @@ async def _render_http_error(request: Request, exc: Exception) -> Response:
         err = NotFound("Not found")
     else:
         err = EventpipeError(str(exc.detail), code="HTTP_ERROR", status=exc.status_code)
-    response = error_response(err, request.app.state.settings.retry_after_seconds)
+    response = error_response(request, err)
     response.headers.update(exc.headers or {})  # 405's Allow, as RFC 9110 requires
     return response
 
@@ -216,4 +216,4 @@ async def _render_http_error(request: Request, exc: Exception) -> Response:
 async def _render_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
     err = EventpipeError("Internal server error", code="INTERNAL_SERVER_ERROR", status=500)
-    return error_response(err, request.app.state.settings.retry_after_seconds)
+    return error_response(request, err)

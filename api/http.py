@@ -11,6 +11,10 @@ from starlette.responses import Response
 from shared import jsonio
 from shared.errors import EventpipeError, PayloadTooLarge, ValidationFailed
 
+# What a request's handling notes in its ASGI scope for api/ops.py.
+ERROR_CODE = "eventpipe.code"
+EVENT_ID = "eventpipe.event_id"
+
 
 class JsonResponse(Response):
     media_type = "application/json"
@@ -31,7 +35,11 @@ def done(message: str | None = None) -> JsonResponse:
     return JsonResponse(body)
 
 
-def error_response(exc: EventpipeError, retry_after: int) -> JsonResponse:
+def error_response(request: Request, exc: EventpipeError) -> JsonResponse:
+    """The envelope of `exc`; its code is noted on the request for the metrics and the log
+    line (api/ops.py), which then need not read the body back."""
+    request.scope[ERROR_CODE] = exc.code
+    retry_after = request.app.state.settings.retry_after_seconds
     headers = {"Retry-After": str(retry_after)} if exc.status == 503 else None
     return JsonResponse(exc.to_body(), status_code=exc.status, headers=headers)
 

@@ -15,19 +15,16 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from redis.exceptions import RedisError, ResponseError
-from rq.utils import utcparse
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from api.apidoc import error_doc, ok_doc
-from api.http import error_response, ok
-from shared import jsonio
-from shared.clock import aware, utcnow
+from api.http import ERROR_CODE, EVENT_ID, error_response, ok
 from shared.errors import ServiceUnavailable
 from shared.metrics import registry
-from shared.queue import PENDING_KEY, Event, Record
+from shared.queue import PENDING_KEY, Event, Record, queued_seconds
 
 log = logging.getLogger("eventpipe.api.requests")
 
@@ -71,26 +68,12 @@ def instrument_enqueue(
 
 
 def observe_send(request: Request, response: Response, route: str, started: float) -> None:
-    status = response.status_code
-    count_request(route, status)
-    code = None
-    event_id = None
-    if status >= 400 or request.app.state.settings.log_format == "json":
-        body = _body(response)
-        code = body.get("error", {}).get("code") if status >= 400 else None
-        event_id = body.get("data", {}).get("id") if status < 400 else None
+    count_request(route, response.status_code)
+    code = request.scope.get(ERROR_CODE)
     if code:
         REJECTED.labels(code).inc()
     if request.app.state.settings.log_format == "json":
-        log_request(request.scope, route, status, started, code=code, event_id=event_id)
-
-
-def _body(response: Response) -> dict[str, Any]:
-    try:
-        body = jsonio.loads(bytes(response.body))
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
+        log_request(request.scope, route, response.status_code, started)
 
 
 async def observed(
@@ -119,15 +102,7 @@ async def observed(
             log_request(scope, route, status, started)
 
 
-def log_request(
-    scope: Scope,
-    route: str,
-    status: int,
-    started: float,
-    *,
-    code: str | None = None,
-    event_id: str | None = None,
-) -> None:
+def log_request(scope: Scope, route: str, status: int, started: float) -> None:
     """One line per request: never a key, a body or a query string (they may hold values)."""
     fields: dict[str, Any] = {
         "kind": "request",
@@ -137,10 +112,10 @@ def log_request(
         "ms": round((time.perf_counter() - started) * 1000, 3),
         "projectId": scope.get("eventpipe.project_id"),
     }
-    if event_id:
-        fields["eventId"] = event_id
-    if code:
-        fields["code"] = code
+    if EVENT_ID in scope and status < 400:  # an event refused after its checks has no id
+        fields["eventId"] = scope[EVENT_ID]
+    if ERROR_CODE in scope:
+        fields["code"] = scope[ERROR_CODE]
     log.info("request", extra={"fields": fields})
 
 
@@ -161,9 +136,7 @@ async def readyz(request: Request) -> Response:
     if all(checks.values()):
         return ok({"status": "ready", "checks": checks})
     failing = ", ".join(name for name, passed in checks.items() if not passed)
-    return error_response(
-        ServiceUnavailable(f"Not ready: {failing}"), state.settings.retry_after_seconds
-    )
+    return error_response(request, ServiceUnavailable(f"Not ready: {failing}"))
 
 
 async def metrics(request: Request) -> Response:
@@ -196,9 +169,7 @@ async def _queue_figures(request: Request) -> dict[str, float]:
     age = 0.0
     if head is not None:
         prefix = queue.job_class.redis_job_namespace_prefix
-        stamp = await state.redis.hget(prefix + head.decode(), "enqueued_at")
-        if stamp:
-            age = (utcnow() - aware(utcparse(stamp.decode()))).total_seconds()
+        age = queued_seconds(await state.redis.hget(prefix + head.decode(), "enqueued_at")) or 0
     return {
         "queue_events": float(events),
         "queue_jobs": float(jobs),

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from api import idempotency
 from api.auth import authenticate
-from api.http import error_response, ok, parse_json, read_body
+from api.http import EVENT_ID, error_response, ok, parse_json, read_body
 from api.idempotency import Answer, Claim
 from api.outcomes import Outcome, parse_prefer_wait
 from shared import failed, store
@@ -90,11 +90,13 @@ async def send_event(request: Request) -> Response:
     project_id = authenticate(request, state.cache)
     body = parse_json(raw)
     event = check_send(body, project_id, state.cache.definition_finder(project_id))
+    request.scope[EVENT_ID] = event["id"]
     claim = None
     key = request.headers.get(idempotency.HEADER)
     if key is not None:
         held = await state.idempotency.claim(project_id, key, body, event)
         if isinstance(held, Answer):
+            request.scope[EVENT_ID] = held.event_id
             return _replayed(held, event)
         claim = held
     claims = [claim] if claim else []
@@ -163,7 +165,7 @@ async def _when_done(
     if done.code == not_found.code and await _forget_failed(request, event):
         if claim is not None:
             await state.idempotency.forget(claim)
-        return error_response(not_found, state.settings.retry_after_seconds)
+        return error_response(request, not_found)
     # Any other failure is kept for an operator to replay: the event was accepted.
     return _accepted(event)
 

@@ -236,7 +236,7 @@ def stats_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
     with services(settings) as s:
         if args.watch:
-            return watch(settings, s, args.interval, args.json)
-        data = collect(settings, s.engine, s.redis, s.queue)
+            return watch(s, args.interval, args.json)
+        data = collect(s.engine, s.redis, s.queue)
     print(json.dumps(data) if args.json else describe_stats(data))
     return 0

@@ -23,9 +23,10 @@ from rq import Queue
 from rq import Retry as JobRetry
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
-from rq.utils import utcformat
+from rq.utils import utcformat, utcparse
 
 from shared import jsonio
+from shared.clock import aware, utcnow
 from shared.errors import EventpipeError, QueueUnavailable
 from shared.ids import new_id
 from shared.settings import Settings
@@ -101,6 +102,13 @@ def make_queue(settings: Settings, connection: redis.Redis) -> Queue:
         serializer=JSONSerializer,
         default_timeout=settings.job_timeout,
     )
+
+
+def queued_seconds(enqueued_at: bytes | None) -> float | None:
+    """How long ago an RQ job was enqueued, from its hash's `enqueued_at` field."""
+    if not enqueued_at:
+        return None
+    return (utcnow() - aware(utcparse(enqueued_at.decode()))).total_seconds()
 
 
 def new_job_id() -> str:

@@ -11,7 +11,6 @@ from typing import Any, cast
 import redis
 from rq import Queue, Worker
 from rq.serializers import JSONSerializer
-from rq.utils import utcparse
 from sqlalchemy import Engine, func, select
 from sqlalchemy import exc as sa_exc
 
@@ -19,13 +18,10 @@ from shared.clock import aware, iso_ms, utcnow
 from shared.db import transaction
 from shared.errors import StoreUnavailable
 from shared.models import failed_events
-from shared.queue import ACCEPTED_KEY, FAILED_KEY, PENDING_KEY, STORED_KEY
-from shared.settings import Settings
+from shared.queue import ACCEPTED_KEY, FAILED_KEY, PENDING_KEY, STORED_KEY, queued_seconds
 
 
-def collect(
-    settings: Settings, engine: Engine, connection: redis.Redis, queue: Queue
-) -> dict[str, Any]:
+def collect(engine: Engine, connection: redis.Redis, queue: Queue) -> dict[str, Any]:
     data: dict[str, Any] = {"at": iso_ms(utcnow()), "queueName": queue.name}
     try:
         data.update(redis_stats(connection, queue))
@@ -45,7 +41,10 @@ def redis_stats(connection: redis.Redis, queue: Queue) -> dict[str, Any]:
         pipe.lindex(queue.key, 0)
         pipe.zcard(queue.failed_job_registry.key)
         accepted, stored, failed, pending, jobs, head, failed_jobs = pipe.execute()
-    memory = cast(dict[str, Any], connection.info("memory"))
+    try:
+        memory = cast(dict[str, Any], connection.info("memory"))
+    except redis.ResponseError:  # a server or proxy that refuses INFO: no memory figures
+        memory = {}
     return {
         "totals": {
             "accepted": int(accepted or 0),
@@ -73,10 +72,8 @@ def _head_age(connection: redis.Redis, queue: Queue, head: bytes | None) -> floa
     if head is None:
         return None
     prefix = queue.job_class.redis_job_namespace_prefix
-    stamp = cast(bytes | None, connection.hget(prefix + head.decode(), "enqueued_at"))
-    if not stamp:
-        return None
-    return round((utcnow() - aware(utcparse(stamp.decode()))).total_seconds(), 3)
+    age = queued_seconds(cast(bytes | None, connection.hget(prefix + head.decode(), "enqueued_at")))
+    return None if age is None else round(age, 3)
 
 
 def worker_stats(connection: redis.Redis, queue: Queue) -> list[dict[str, Any]]:
@@ -154,11 +151,11 @@ def _worker_line(w: dict[str, Any]) -> str:
     )
 
 
-def watch(settings: Settings, services: Any, interval: float, as_json: bool) -> int:
+def watch(services: Any, interval: float, as_json: bool) -> int:
     """Redraw every `interval` seconds until Ctrl-C (JSON: one object per line)."""
     try:
         while True:
-            data = collect(settings, services.engine, services.redis, services.queue)
+            data = collect(services.engine, services.redis, services.queue)
             if as_json:
                 print(json.dumps(data), flush=True)
             else:

@@ -314,3 +314,30 @@ def test_a_replay_the_backlog_never_makes_room_for_stops_instead_of_hanging(
     summary = replayer.run(FailedFilter(ids=tuple(ids)), room_wait=5)
     assert summary.interrupted and summary.requeued == 0
     assert worker_ctx.queue.count == 0
+
+
+def test_request_log_lines_carry_the_event_id_or_the_error_code(
+    settings: Settings,
+    engine: Engine,
+    fake_server: fakeredis.FakeServer,
+    worker_ctx: WorkerContext,
+    project: Project,
+    caplog: Any,
+) -> None:
+    from shared.devseed import SEED_EVENT
+    from tests.unit.test_api import setup_seed
+
+    with make_client(settings, engine, fake_server, log_format="json") as client:
+        setup_seed(client, project[1])
+        caplog.clear()
+        with caplog.at_level("INFO", logger="eventpipe"):
+            sent = client.post("/v1/events/send", json=SEED_EVENT, headers=auth(project[1]))
+            bad = {**SEED_EVENT, "eventName": "nope"}
+            client.post("/v1/events/send", json=bad, headers=auth(project[1]))
+            client.get("/v1/contacts/" + "0" * 24, headers=auth(project[1]))
+    lines = [r.fields for r in caplog.records if getattr(r, "fields", {}).get("kind") == "request"]
+    assert [(f["status"], f.get("eventId"), f.get("code")) for f in lines] == [
+        (202, sent.json()["data"]["id"], None),
+        (404, None, "EVENT_NOT_FOUND"),
+        (404, None, "CONTACT_NOT_FOUND"),
+    ]

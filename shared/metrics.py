@@ -48,11 +48,3 @@ def registry() -> Any:
     combined = CollectorRegistry()
     MultiProcessCollector(combined, path=path)  # type: ignore[no-untyped-call]
     return combined
-
-
-def mark_dead(pid: int) -> None:
-    path = os.environ.get(MULTIPROC_ENV)
-    if path:
-        from prometheus_client.multiprocess import mark_process_dead
-
-        mark_process_dead(pid, path)  # type: ignore[no-untyped-call]

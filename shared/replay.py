@@ -24,7 +24,7 @@ from typing import Any, cast
 
 import redis
 from rq import Queue
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from shared.db import transaction
 from shared.failed import FailedFilter, delete_failed, forget_failed_jobs, page_ascending
@@ -101,6 +101,10 @@ class ReplaySummary:
                 stillQueued=self.still_queued,
             )
         return data
+
+
+def _stored_among(ids: Sequence[str], *, conn: Connection) -> set[str]:
+    return set(conn.execute(select(events.c.id).where(events.c.id.in_(ids))).scalars())
 
 
 class _NoRoom(Exception):
@@ -200,7 +204,7 @@ class Replayer:
     def _already_stored(self, ids: list[str], dry_run: bool) -> set[str]:
         """Events stored meanwhile (their failure record is stale: it goes, unless dry run)."""
         with transaction(self.engine) as conn:
-            found = set(conn.execute(select(events.c.id).where(events.c.id.in_(ids))).scalars())
+            found = _stored_among(ids, conn=conn)
             if found and not dry_run:
                 delete_failed(sorted(found), conn=conn)
         if found and not dry_run:
@@ -257,7 +261,7 @@ class Replayer:
         if not ids:
             return
         with transaction(self.engine) as conn:
-            stored = set(conn.execute(select(events.c.id).where(events.c.id.in_(ids))).scalars())
+            stored = _stored_among(ids, conn=conn)
         for event_id in ids:
             summary.skipped[ALREADY_STORED if event_id in stored else NOT_FAILED] += 1
 

@@ -21,7 +21,7 @@ from rq.serializers import JSONSerializer
 from shared.db import ping
 from shared.errors import StoreUnavailable
 from shared.logs import configure_logging
-from shared.metrics import mark_dead, registry, use_directory
+from shared.metrics import registry, use_directory
 from shared.settings import get_settings
 from worker import metrics
 from worker.context import get_context
@@ -205,7 +205,6 @@ class Supervisor:
             if proc.is_alive():
                 alive.append(proc)
                 continue
-            mark_dead(proc.pid)
             if not self.stopping and not self.burst:
                 level = logging.INFO if proc.exitcode == 0 else logging.WARNING
                 log.log(

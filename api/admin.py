@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api.apidoc import error_doc, ok_doc
+from api.apidoc import error_doc, ok_doc, query_param
 from api.http import ok, parse_json, read_body
 from api.routes import in_transaction, json_object
 from shared import failed as failed_mod
@@ -154,16 +154,6 @@ ROUTES = [
 # --- OpenAPI -----------------------------------------------------------------------------
 
 
-def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "schema": schema,
-        "description": description,
-    }
-
-
 _FILTER_FIELDS: dict[str, tuple[dict[str, Any], str]] = {
     "code": ({"type": "string"}, "Error code, e.g. CONTACT_NOT_FOUND_FOR_EVENT"),
     "eventName": ({"type": "string"}, "Event name"),
@@ -203,9 +193,13 @@ _SUMMARY = {
     },
 }
 _ADMIN_ERRORS = {
-    "400": error_doc("Bad filter or body", "VALIDATION_FAILED"),
-    "401": error_doc("Missing or wrong operator token (or OPERATOR_TOKEN unset)", "UNAUTHORIZED"),
-    "503": error_doc("Redis or the store is unreachable", "SERVICE_UNAVAILABLE"),
+    "400": error_doc(400, "VALIDATION_FAILED", description="Bad filter or body"),
+    "401": error_doc(
+        401,
+        "UNAUTHORIZED",
+        description="Missing or wrong operator token (or OPERATOR_TOKEN unset)",
+    ),
+    "503": error_doc(503, "SERVICE_UNAVAILABLE"),
 }
 _SECURITY: list[dict[str, list[str]]] = [{"operatorToken": []}]
 
@@ -216,9 +210,11 @@ OPENAPI_PATHS: dict[str, Any] = {
             "tags": ["Operations"],
             "security": _SECURITY,
             "parameters": [
-                *[_query(n, s, d) for n, (s, d) in _FILTER_FIELDS.items()],
-                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Page size"),
-                _query("cursor", {"type": "string"}, "nextCursor of the previous page"),
+                *[query_param(n, s, d) for n, (s, d) in _FILTER_FIELDS.items()],
+                query_param(
+                    "limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Page size"
+                ),
+                query_param("cursor", {"type": "string"}, "nextCursor of the previous page"),
             ],
             "responses": {
                 "200": ok_doc(

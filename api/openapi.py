@@ -18,7 +18,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from api import admin, ops
-from api.apidoc import ok_doc
+from api.apidoc import error_doc, ok_doc, query_param
 from api.batch import MAX_ITEMS as MAX_BATCH_ITEMS
 from api.http import JsonResponse
 from shared.contacts import MAX_BULK_CONTACTS, MAX_EMAILS
@@ -27,7 +27,6 @@ from shared.eventlog import DEFAULT_LIMIT, MAX_LIMIT
 from shared.settings import (
     MAX_BATCH_BODY_BYTES,
     MAX_BODY_BYTES,
-    MAX_DEFINITIONS_PER_PROJECT,
     MAX_PROPERTIES_PER_DEFINITION,
     MAX_SEND_BODY_BYTES,
 )
@@ -255,69 +254,6 @@ SCHEMAS: dict[str, Schema] = {
 
 # --- responses ---------------------------------------------------------------------------
 
-# The message each error code is documented with (the example of its response).
-MESSAGES = {
-    "VALIDATION_FAILED": "Request body must be valid JSON",
-    "UNAUTHORIZED": "Missing, invalid or revoked API key",
-    "PAYLOAD_TOO_LARGE": f"Request body is larger than {MAX_BODY_BYTES} bytes",
-    "SERVICE_UNAVAILABLE": "The database is unavailable, retry later",
-    "INTERNAL_SERVER_ERROR": "Internal server error",
-    "EVENT_NOT_FOUND": "Event not found",
-    "NOT_FOUND": "Not found",
-    "EVENT_ALREADY_EXISTS": "Event already exists",
-    "INVALID_EVENT_NAME_CHARACTERS": "Event name may contain only letters, digits and underscores",
-    "MAX_EVENTS_REACHED": (
-        f"Maximum number of events ({MAX_DEFINITIONS_PER_PROJECT}) reached for this project."
-    ),
-    "NO_DATA_TO_UPDATE": "Provide description or properties to update",
-    "EMAIL_OR_CONTACT_ID_REQUIRED": "Either email or contactId is required",
-    "UNKNOWN_PROPERTY": 'Property "foo" is not declared on event "order_completed"',
-    "INVALID_PROPERTY_VALUE": 'Property "order_total" must be a number',
-    "CONTACT_NOT_FOUND": "Contact not found",
-    "CONTACT_ALREADY_EXISTS": "Contact already exists",
-    "CONTACT_NOT_FOUND_FOR_EVENT": "Contact not found for the provided email or contactId",
-    "IDEMPOTENCY_KEY_IN_USE": (
-        "A request with this Idempotency-Key is still in progress; retry later"
-    ),
-    "IDEMPOTENCY_KEY_MISMATCH": "This Idempotency-Key was used with a different request body",
-}
-STATUS_TEXT = {
-    400: "Bad request",
-    401: "Missing, malformed, unknown or revoked API key",
-    404: "Not found (NOT_FOUND: no such route, e.g. a path parameter holding a slash)",
-    409: "Conflict",
-    422: "The request conflicts with an earlier one",
-    413: "Body over its size limit (checked while reading, after gzip inflation)",
-    500: "Unexpected failure (a bug, never bad input)",
-    503: "Redis or the store is unreachable, or the backlog is over its limit",
-}
-
-
-def error_response(status: int, *codes: str) -> Schema:
-    """A response in the error envelope, listing the codes it may carry."""
-    schema = {
-        "allOf": [
-            ref("Error"),
-            {"properties": {"error": {"properties": {"code": {"enum": list(codes)}}}}},
-        ]
-    }
-    examples = {
-        code: {"value": {"success": False, "error": {"message": MESSAGES[code], "code": code}}}
-        for code in codes
-    }
-    response: Schema = {
-        "description": f"{STATUS_TEXT[status]}: {', '.join(codes)}",
-        "content": {"application/json": {"schema": schema, "examples": examples}},
-    }
-    if status == 503:
-        response["headers"] = {
-            "Retry-After": {
-                "description": "Seconds to wait before trying again",
-                "schema": {"type": "integer"},
-            }
-        }
-    return response
-
 
 def deleted(message: str | None) -> Schema:
     props: dict[str, Schema] = {"success": {"const": True}}
@@ -343,15 +279,15 @@ def body(schema: Schema, example: Any, limit: int = MAX_BODY_BYTES) -> Schema:
 def common(*extra: tuple[int, Schema]) -> dict[str, Schema]:
     """Every authenticated endpoint may answer these, besides its own."""
     responses = {
-        "401": error_response(401, "UNAUTHORIZED"),
-        "503": error_response(503, "SERVICE_UNAVAILABLE"),
+        "401": error_doc(401, "UNAUTHORIZED"),
+        "503": error_doc(503, "SERVICE_UNAVAILABLE"),
     }
     responses.update({str(status): response for status, response in extra})
     return responses
 
 
 def with_body(*extra: tuple[int, Schema]) -> dict[str, Schema]:
-    return common((413, error_response(413, "PAYLOAD_TOO_LARGE")), *extra)
+    return common((413, error_doc(413, "PAYLOAD_TOO_LARGE")), *extra)
 
 
 def op(summary: str, tag: str, responses: dict[str, Schema], **more: Any) -> Schema:
@@ -363,16 +299,6 @@ def path_param(name: str, schema: Schema, description: str) -> Schema:
         "name": name,
         "in": "path",
         "required": True,
-        "description": description,
-        "schema": schema,
-    }
-
-
-def query_param(name: str, schema: Schema, description: str) -> Schema:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
         "description": description,
         "schema": schema,
     }
@@ -408,9 +334,9 @@ EVENT_NAME_PARAM = path_param(
     "eventName", EVENT_NAME | {"minLength": 1}, "The definition's eventName"
 )
 CONTACT_ID_PARAM = path_param("contactId", ID, "The contact's id")
-INVALID = (400, error_response(400, "VALIDATION_FAILED"))
-NO_EVENT = (404, error_response(404, "EVENT_NOT_FOUND", "NOT_FOUND"))
-NO_CONTACT = (404, error_response(404, "CONTACT_NOT_FOUND", "NOT_FOUND"))
+INVALID = (400, error_doc(400, "VALIDATION_FAILED"))
+NO_EVENT = (404, error_doc(404, "EVENT_NOT_FOUND", "NOT_FOUND"))
+NO_CONTACT = (404, error_doc(404, "CONTACT_NOT_FOUND", "NOT_FOUND"))
 DEFINITION_OK = ok_doc("The definition", ref("Definition"), DEFINITION_EXAMPLE)
 CONTACT_OK = ok_doc("The contact", ref("Contact"), CONTACT_EXAMPLE)
 
@@ -558,14 +484,14 @@ PATHS: dict[str, Schema] = {
                 (201, ok_doc("Created", ref("Definition"), DEFINITION_EXAMPLE)),
                 (
                     400,
-                    error_response(
+                    error_doc(
                         400,
                         "VALIDATION_FAILED",
                         "INVALID_EVENT_NAME_CHARACTERS",
                         "MAX_EVENTS_REACHED",
                     ),
                 ),
-                (409, error_response(409, "EVENT_ALREADY_EXISTS")),
+                (409, error_doc(409, "EVENT_ALREADY_EXISTS")),
             ),
             requestBody=body(DEFINITION_INPUT, DEFINITION_INPUT_EXAMPLE),
         ),
@@ -578,7 +504,7 @@ PATHS: dict[str, Schema] = {
             DEFINITIONS,
             with_body(
                 (200, DEFINITION_OK),
-                (400, error_response(400, "VALIDATION_FAILED", "NO_DATA_TO_UPDATE")),
+                (400, error_doc(400, "VALIDATION_FAILED", "NO_DATA_TO_UPDATE")),
                 NO_EVENT,
             ),
             requestBody=body(DEFINITION_PATCH, {"description": "Any completed order"}),
@@ -594,7 +520,7 @@ PATHS: dict[str, Schema] = {
             "Send an event (asynchronous: 202 once it is durably queued)",
             SENDING,
             common(
-                (413, error_response(413, "PAYLOAD_TOO_LARGE")),
+                (413, error_doc(413, "PAYLOAD_TOO_LARGE")),
                 (
                     202,
                     ok_doc(
@@ -607,7 +533,7 @@ PATHS: dict[str, Schema] = {
                 ),
                 (
                     400,
-                    error_response(
+                    error_doc(
                         400,
                         "VALIDATION_FAILED",
                         "EMAIL_OR_CONTACT_ID_REQUIRED",
@@ -626,14 +552,14 @@ PATHS: dict[str, Schema] = {
                 ),
                 (
                     404,
-                    error_response(404, "EVENT_NOT_FOUND", "CONTACT_NOT_FOUND_FOR_EVENT")
+                    error_doc(404, "EVENT_NOT_FOUND", "CONTACT_NOT_FOUND_FOR_EVENT")
                     | {
                         "description": "EVENT_NOT_FOUND; with `Prefer: wait=N`, "
                         "CONTACT_NOT_FOUND_FOR_EVENT: no such contact, nothing recorded",
                     },
                 ),
-                (409, error_response(409, "IDEMPOTENCY_KEY_IN_USE")),
-                (422, error_response(422, "IDEMPOTENCY_KEY_MISMATCH")),
+                (409, error_doc(409, "IDEMPOTENCY_KEY_IN_USE")),
+                (422, error_doc(422, "IDEMPOTENCY_KEY_MISMATCH")),
             ),
             requestBody=body(SEND_BODY, SEND_EXAMPLE, MAX_SEND_BODY_BYTES),
             parameters=[IDEMPOTENCY_KEY, PREFER],
@@ -644,7 +570,7 @@ PATHS: dict[str, Schema] = {
             f"Send 1..{MAX_BATCH_ITEMS} events: a receipt for each, in request order",
             SENDING,
             common(
-                (413, error_response(413, "PAYLOAD_TOO_LARGE")),
+                (413, error_doc(413, "PAYLOAD_TOO_LARGE")),
                 (
                     202,
                     ok_doc(
@@ -726,7 +652,7 @@ PATHS: dict[str, Schema] = {
             SENDING,
             common(
                 (200, ok_doc("The event", ref("Event"), STORED_EXAMPLE)),
-                (404, error_response(404, "NOT_FOUND")),
+                (404, error_doc(404, "NOT_FOUND")),
             ),
         ),
     },
@@ -737,7 +663,7 @@ PATHS: dict[str, Schema] = {
             with_body(
                 (201, ok_doc("Created", ref("Contact"), CONTACT_EXAMPLE)),
                 INVALID,
-                (409, error_response(409, "CONTACT_ALREADY_EXISTS")),
+                (409, error_doc(409, "CONTACT_ALREADY_EXISTS")),
             ),
             requestBody=body(ref("ContactInput"), CONTACT_INPUT_EXAMPLE),
         )

@@ -243,7 +243,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                 "200": _status(
                     "Ready", {"status": "ready", "checks": {"redis": True, "config": True}}
                 ),
-                "503": error_doc("Not ready: redis", "SERVICE_UNAVAILABLE"),
+                "503": error_doc(503, "SERVICE_UNAVAILABLE", description="Not ready: redis"),
             },
         }
     },

@@ -17,7 +17,8 @@ COPY pyproject.toml README.md ./
 COPY api/ api/
 COPY worker/ worker/
 COPY shared/ shared/
-COPY alembic/ alembic/
+COPY ops/ ops/
+COPY cli/ cli/
 RUN pip install .
 
 USER eventpipe

@@ -5,8 +5,8 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from api.config_cache import ConfigCache
+from api.keys import secret_matches, split_key
 from shared.errors import Unauthorized
-from shared.keys import secret_matches, split_key
 
 
 def authenticate(request: Request, cache: ConfigCache) -> str:

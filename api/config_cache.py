@@ -16,11 +16,11 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from api.definitions import Definition
 from api.poller import Poller
-from shared.definitions import Definition
+from api.store import ConfigSnapshot
 from shared.errors import EventpipeError, ServiceUnavailable
 from shared.queue import CONFIG_VERSION_KEY
-from shared.store import ConfigSnapshot
 
 log = logging.getLogger("eventpipe.api")
 

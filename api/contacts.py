@@ -1,173 +1,92 @@
-"""Contacts (/v1/contacts...) and a contact's event log (/v1/contacts/{id}/events)."""
+"""Checks of a contact body (pure): the same email rules as the send path."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection
-from starlette.convertors import Convertor, register_url_convertor
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from api.emails import InvalidEmail, normalize_email
+from shared.errors import ValidationFailed
 
-from api.auth import authenticate
-from api.http import done, ok
-from api.routes import in_transaction, json_object, read_authenticated, route
-from shared import eventlog, store
-from shared.contacts import (
-    MAX_TEXT,
-    check_bulk_contacts,
-    check_contact,
-    check_email_list,
-)
-from shared.errors import EventpipeError, contact_not_found
-from shared.ids import is_id
-from shared.models import contacts
-from shared.settings import MAX_BODY_BYTES
+TEXT_FIELDS = {"firstName": "first_name", "lastName": "last_name", "userId": "user_id"}
+MAX_TEXT = 200
+MAX_CUSTOM_FIELDS = 100
+MAX_EMAILS = 1000  # POST /v1/contacts/search/emails and /remove
+MAX_BULK_CONTACTS = 100  # POST /v1/contacts/bulk-update
 
 
-class AnyText(Convertor[str]):
-    """A path parameter that may hold anything, slashes and newlines too (a userId is free
-    text; Starlette's `path` convertor stops at a newline)."""
-
-    regex = r"[\s\S]+"
-
-    def convert(self, value: str) -> str:
-        return value
-
-    def to_string(self, value: str) -> str:
-        return value
+def _fail(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed(message, details=[{"field": field, "message": message}])
 
 
-register_url_convertor("anytext", AnyText())
+def check_email(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail("email", "email is required and must be a string")
+    try:
+        return normalize_email(value)
+    except InvalidEmail as exc:
+        raise _fail("email", "email must be a valid email address") from exc
 
 
-def _contact_id(request: Request) -> str:
-    contact_id: str = request.path_params["contact_id"]
-    if not is_id(contact_id):  # not an id we could have given out: no need to ask the store
-        raise contact_not_found()
-    return contact_id
+def check_contact_changes(body: dict[str, Any]) -> dict[str, Any]:
+    """Columns to set: `""` clears a text field, null or absent leaves it; customFields are
+    merged by the store."""
+    changes: dict[str, Any] = {}
+    for field, column in TEXT_FIELDS.items():
+        value = body.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, str) or len(value) > MAX_TEXT:
+            raise _fail(field, f"{field} must be a string of at most {MAX_TEXT} characters")
+        changes[column] = value or None
+    custom = body.get("customFields")
+    if custom is not None:
+        changes["custom_fields"] = _check_custom_fields(custom)
+    return changes
 
 
-async def create_contact(request: Request) -> Response:
-    project_id, body = await read_authenticated(request, MAX_BODY_BYTES)
-    email, changes = check_contact(json_object(body))
-    row = await in_transaction(
-        request, lambda conn: store.create_contact(project_id, email, changes, conn=conn)
-    )
-    return ok(store.contact_json(row), 201)
+def _check_custom_fields(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or len(value) > MAX_CUSTOM_FIELDS:
+        raise _fail(
+            "customFields", f"customFields must be an object of at most {MAX_CUSTOM_FIELDS} keys"
+        )
+    for key, item in value.items():
+        if not isinstance(item, str | int | float | bool) or (
+            isinstance(item, float) and item != item
+        ):
+            raise _fail(
+                f"customFields.{key}", "custom field values must be strings, numbers or booleans"
+            )
+    return dict(value)
 
 
-async def upsert_contact(request: Request) -> Response:
-    project_id, body = await read_authenticated(request, MAX_BODY_BYTES)
-    email, changes = check_contact(json_object(body))
-    row = await in_transaction(
-        request, lambda conn: store.upsert_contact(project_id, email, changes, conn=conn)
-    )
-    return ok(store.contact_json(row))
-
-
-async def bulk_update(request: Request) -> Response:
-    """Upsert each item by email. A bad item is counted (and listed in `errors`, an eventpipe
-    addition) without refusing the others; all good items commit together."""
-    project_id, body = await read_authenticated(request, MAX_BODY_BYTES)
-    items = check_bulk_contacts(json_object(body))
-    good: list[tuple[str, dict[str, Any]]] = []
-    failures: list[dict[str, Any]] = []
-    for index, item in enumerate(items):
+def check_email_list(body: dict[str, Any]) -> list[str]:
+    """`emails`: 1..1000 addresses, each checked and normalised as on the send path."""
+    value = body.get("emails")
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_EMAILS:
+        raise _fail("emails", f"emails must be an array of 1..{MAX_EMAILS} email addresses")
+    details: list[dict[str, str]] = []
+    emails: list[str] = []
+    for index, item in enumerate(value):
         try:
-            good.append(check_contact(item))
-        except EventpipeError as exc:
-            failures.append({"index": index, "code": exc.code, "message": exc.message})
-
-    def upsert_all(conn: Connection) -> None:
-        for email, changes in good:
-            store.upsert_contact(project_id, email, changes, conn=conn)
-
-    if good:
-        await in_transaction(request, upsert_all)
-    return ok(
-        {
-            "successCount": len(good),
-            "failedCount": len(failures),
-            "totalCount": len(items),
-            "errors": failures,
-        }
-    )
+            emails.append(check_email(item))
+        except ValidationFailed:
+            details.append({"field": f"emails[{index}]", "message": "must be a valid email"})
+    if details:
+        raise ValidationFailed("Validation failed", details=details)
+    return list(dict.fromkeys(emails))
 
 
-async def get_contact(request: Request) -> Response:
-    project_id = authenticate(request, request.app.state.cache)
-    contact_id = _contact_id(request)
-    row = await in_transaction(
-        request, lambda conn: store.get_contact(project_id, contact_id, conn=conn)
-    )
-    return ok(store.contact_json(row))
+def check_bulk_contacts(body: dict[str, Any]) -> list[Any]:
+    """`contacts`: 1..100 items; each item is checked on its own by the caller, so one bad
+    item does not refuse the others."""
+    value = body.get("contacts")
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_BULK_CONTACTS:
+        raise _fail("contacts", f"contacts must be an array of 1..{MAX_BULK_CONTACTS} contacts")
+    return value
 
 
-async def search_by_emails(request: Request) -> Response:
-    project_id, body = await read_authenticated(request, MAX_BODY_BYTES)
-    emails = check_email_list(json_object(body))
-    rows = await in_transaction(
-        request, lambda conn: store.find_contacts_by_email(project_id, emails, conn=conn)
-    )
-    return ok({"contacts": [store.contact_json(r) for r in rows]})
-
-
-async def remove_by_emails(request: Request) -> Response:
-    """Emails with no contact are not an error: the caller wants them gone, and they are."""
-    project_id, body = await read_authenticated(request, MAX_BODY_BYTES)
-    emails = check_email_list(json_object(body))
-    await in_transaction(
-        request,
-        lambda conn: store.delete_contacts(project_id, contacts.c.email.in_(emails), conn=conn),
-    )
-    return done()
-
-
-async def delete_contact(request: Request) -> Response:
-    project_id = authenticate(request, request.app.state.cache)
-    contact_id = _contact_id(request)
-    await _delete_where(request, project_id, contacts.c.id == contact_id)
-    return done("Contact deleted successfully")
-
-
-async def delete_by_user_id(request: Request) -> Response:
-    project_id = authenticate(request, request.app.state.cache)
-    user_id: str = request.path_params["user_id"]
-    if len(user_id) > MAX_TEXT or "\x00" in user_id:
-        raise contact_not_found()  # no contact can hold this userId
-    await _delete_where(request, project_id, contacts.c.user_id == user_id)
-    return done("Contact deleted successfully")
-
-
-async def _delete_where(request: Request, project_id: str, condition: Any) -> None:
-    deleted = await in_transaction(
-        request, lambda conn: store.delete_contacts(project_id, condition, conn=conn)
-    )
-    if deleted == 0:
-        raise contact_not_found()
-
-
-async def contact_events(request: Request) -> Response:
-    project_id = authenticate(request, request.app.state.cache)
-    contact_id = _contact_id(request)
-    query = eventlog.parse_query(request.query_params)
-
-    def read(conn: Connection) -> dict[str, Any]:
-        store.get_contact(project_id, contact_id, conn=conn)  # 404 for another project's id
-        return eventlog.read_page(project_id, contact_id, query, conn=conn)
-
-    return ok(await in_transaction(request, read))
-
-
-ROUTES = [
-    Route("/v1/contacts", create_contact, methods=["POST"]),
-    Route("/v1/contacts/email", upsert_contact, methods=["POST"]),
-    Route("/v1/contacts/bulk-update", bulk_update, methods=["POST"]),
-    Route("/v1/contacts/search/emails", search_by_emails, methods=["POST"]),
-    Route("/v1/contacts/remove", remove_by_emails, methods=["POST"]),
-    Route("/v1/contacts/email/userId/{user_id:anytext}", delete_by_user_id, methods=["DELETE"]),
-    route("/v1/contacts/{contact_id}", GET=get_contact, DELETE=delete_contact),
-    Route("/v1/contacts/{contact_id}/events", contact_events, methods=["GET"]),
-]
+def check_contact(item: Any) -> tuple[str, dict[str, Any]]:
+    """(normalised email, column changes) of one contact body."""
+    if not isinstance(item, dict):
+        raise ValidationFailed("Each contact must be a JSON object")
+    return check_email(item.get("email")), check_contact_changes(item)

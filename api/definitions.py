@@ -1,93 +1,171 @@
-"""Event definitions: /v1/events and /v1/events/eventName/{eventName}.
-
-Every change is announced (Redis counter + a reload here) so that sends on every API process
-see it within `config_poll_seconds`.
-"""
+"""Event definitions: the declared schema of an event, and the checks of a definition body."""
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.responses import Response
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
-from api.auth import authenticate
-from api.http import done, ok
-from api.routes import (
-    announce_config_change,
-    in_transaction,
-    json_object,
-    read_authenticated,
-    route,
-)
-from shared import store
-from shared.definitions import (
-    MAX_NAME_LENGTH,
-    NAME_CHARS,
-    check_definition,
-    check_definition_patch,
-)
-from shared.errors import event_not_found
-from shared.settings import MAX_BODY_BYTES
+from api.coercion import PROPERTY_TYPES, CoercionError, coerce_suggested
+from shared.errors import EventpipeError, ValidationFailed
+from shared.settings import MAX_PROPERTIES_PER_DEFINITION
+
+NAME_CHARS = re.compile(r"[A-Za-z0-9_]+")
+MAX_NAME_LENGTH = 64
+MAX_DESCRIPTION_LENGTH = 1000
 
 
-def _event_name(request: Request) -> str:
-    name: str = request.path_params["event_name"]
-    if len(name) > MAX_NAME_LENGTH or not NAME_CHARS.fullmatch(name):
-        raise event_not_found()  # no definition can have this name
-    return name
+@dataclass(frozen=True)
+class Definition:
+    id: str
+    project_id: str
+    event_name: str
+    description: str | None
+    properties: list[dict[str, Any]]
+    created_at: datetime
+    updated_at: datetime
+    # propertyName -> declared type, the send path's lookup.
+    types: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: Any) -> Definition:
+        props = list(row.properties)
+        return cls(
+            id=row.id,
+            project_id=row.project_id,
+            event_name=row.event_name,
+            description=row.description,
+            properties=props,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            types={p["propertyName"]: p["type"] for p in props},
+        )
 
 
-async def list_definitions(request: Request) -> Response:
-    project_id = authenticate(request, request.app.state.cache)
-    found = await in_transaction(
-        request, lambda conn: store.list_definitions(project_id, conn=conn)
+@dataclass(frozen=True)
+class DefinitionSpec:
+    """A checked definition body, ready to store."""
+
+    event_name: str
+    description: str | None
+    properties: list[dict[str, Any]]
+
+
+def invalid_event_name() -> EventpipeError:
+    return ValidationFailed(
+        "Event name may contain only letters, digits and underscores",
+        code="INVALID_EVENT_NAME_CHARACTERS",
     )
-    return ok({"events": [store.definition_json(d) for d in found]})
 
 
-async def get_definition(request: Request) -> Response:
-    project_id = authenticate(request, request.app.state.cache)
-    name = _event_name(request)
-    found = await in_transaction(
-        request, lambda conn: store.get_definition(project_id, name, conn=conn)
-    )
-    return ok(store.definition_json(found))
+def check_definition(body: dict[str, Any]) -> DefinitionSpec:
+    name = body.get("eventName")
+    if not isinstance(name, str) or not name:
+        raise _failed("eventName", "eventName is required and must be a non-empty string")
+    if not NAME_CHARS.fullmatch(name):
+        raise invalid_event_name()
+    if len(name) > MAX_NAME_LENGTH:
+        raise _failed("eventName", f"eventName must be at most {MAX_NAME_LENGTH} characters")
+    description = _check_description(body.get("description"), "description")
+    details: list[dict[str, str]] = []
+    properties = _check_properties(body.get("properties"), details)
+    if details:
+        raise ValidationFailed("Validation failed", details=details)
+    return DefinitionSpec(name, description, properties)
 
 
-async def create_definition(request: Request) -> Response:
-    project_id, body = await read_authenticated(request, MAX_BODY_BYTES)
-    spec = check_definition(json_object(body))
-    created = await in_transaction(
-        request, lambda conn: store.create_definition(project_id, spec, conn=conn)
-    )
-    await announce_config_change(request)
-    return ok(store.definition_json(created), 201)
+def check_definition_patch(event_name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The columns a PATCH sets: `description` (null clears it) and `properties` (a given
+    list replaces the whole schema). A definition is never renamed."""
+    renamed = body.get("eventName")
+    if renamed is not None and renamed != event_name:
+        raise _failed("eventName", "eventName cannot be changed")
+    changes: dict[str, Any] = {}
+    if "description" in body:
+        changes["description"] = _check_description(body["description"], "description")
+    if body.get("properties") is not None:
+        details: list[dict[str, str]] = []
+        changes["properties"] = _check_properties(body["properties"], details)
+        if details:
+            raise ValidationFailed("Validation failed", details=details)
+    if not changes:
+        raise ValidationFailed(
+            "Provide description or properties to update", code="NO_DATA_TO_UPDATE"
+        )
+    return changes
 
 
-async def update_definition(request: Request) -> Response:
-    project_id, body = await read_authenticated(request, MAX_BODY_BYTES)
-    name = _event_name(request)
-    changes = check_definition_patch(name, json_object(body))
-    updated = await in_transaction(
-        request, lambda conn: store.update_definition(project_id, name, changes, conn=conn)
-    )
-    await announce_config_change(request)
-    return ok(store.definition_json(updated))
+def _failed(field_name: str, message: str) -> EventpipeError:
+    return ValidationFailed(message, details=[{"field": field_name, "message": message}])
 
 
-async def delete_definition(request: Request) -> Response:
-    project_id = authenticate(request, request.app.state.cache)
-    name = _event_name(request)
-    await in_transaction(request, lambda conn: store.delete_definition(project_id, name, conn=conn))
-    await announce_config_change(request)
-    return done("Event deleted successfully")
+def _check_description(value: Any, field_name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_DESCRIPTION_LENGTH:
+        raise _failed(
+            field_name, f"{field_name} must be a string of at most {MAX_DESCRIPTION_LENGTH} chars"
+        )
+    return value
 
 
-ROUTES = [
-    route("/v1/events", GET=list_definitions, POST=create_definition),
-    route(
-        "/v1/events/eventName/{event_name}",
-        GET=get_definition,
-        PATCH=update_definition,
-        DELETE=delete_definition,
-    ),
-]
+def _check_properties(value: Any, details: list[dict[str, str]]) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        details.append({"field": "properties", "message": "properties must be an array"})
+        return []
+    if len(value) > MAX_PROPERTIES_PER_DEFINITION:
+        details.append(
+            {
+                "field": "properties",
+                "message": f"at most {MAX_PROPERTIES_PER_DEFINITION} properties are allowed",
+            }
+        )
+        return []
+    seen: set[str] = set()
+    checked = [_check_property(i, item, seen, details) for i, item in enumerate(value)]
+    return [p for p in checked if p is not None]
+
+
+def _check_property(
+    index: int, item: Any, seen: set[str], details: list[dict[str, str]]
+) -> dict[str, Any] | None:
+    where = f"properties[{index}]"
+
+    def fail(suffix: str, message: str) -> None:
+        details.append({"field": f"{where}{suffix}", "message": message})
+
+    if not isinstance(item, dict):
+        fail("", "each property must be an object")
+        return None
+    name, prop_type = item.get("propertyName"), item.get("type")
+    if not isinstance(name, str) or not NAME_CHARS.fullmatch(name) or len(name) > 64:
+        fail(".propertyName", "propertyName must be 1..64 letters, digits or underscores")
+        return None
+    if name in seen:
+        fail(".propertyName", f'propertyName "{name}" is declared twice')
+        return None
+    seen.add(name)
+    if prop_type not in PROPERTY_TYPES:
+        fail(".type", f"type must be one of {', '.join(PROPERTY_TYPES)}")
+        return None
+    desc = item.get("description")
+    if desc is not None and (not isinstance(desc, str) or len(desc) > MAX_DESCRIPTION_LENGTH):
+        fail(".description", "description must be a string")
+        return None
+    try:
+        suggested = coerce_suggested(prop_type, item.get("suggestedValues"))
+    except CoercionError as exc:
+        fail(".suggestedValues", f"each suggested value must be {exc.expected}")
+        return None
+    except ValueError:
+        fail(".suggestedValues", "suggestedValues must be an array or a comma-separated string")
+        return None
+    return {
+        "propertyName": name,
+        "type": prop_type,
+        "description": desc,
+        "suggestedValues": suggested,
+    }

@@ -1,19 +1,32 @@
-"""Reading requests and writing responses in the contract's envelope."""
+"""The endpoints' helpers: reading requests, answering in the contract's envelope, rendering
+errors (for Starlette's handlers and the send fast lane alike), and reaching the store."""
 
 from __future__ import annotations
 
+import logging
 import zlib
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import anyio.to_thread
+from redis.exceptions import RedisError
+from sqlalchemy import Connection
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.routing import Route
 
+from api.auth import authenticate
+from api.observe import ERROR_CODE
+from api.state import resources
 from shared import jsonio
-from shared.errors import EventpipeError, PayloadTooLarge, ValidationFailed
+from shared.db import transaction
+from shared.errors import EventpipeError, NotFound, PayloadTooLarge, ValidationFailed
+from shared.queue import CONFIG_VERSION_KEY
 
-# What a request's handling notes in its ASGI scope for api/ops.py.
-ERROR_CODE = "eventpipe.code"
-EVENT_ID = "eventpipe.event_id"
+log = logging.getLogger("eventpipe.api")
+T = TypeVar("T")
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class JsonResponse(Response):
@@ -37,9 +50,9 @@ def done(message: str | None = None) -> JsonResponse:
 
 def error_response(request: Request, exc: EventpipeError) -> JsonResponse:
     """The envelope of `exc`; its code is noted on the request for the metrics and the log
-    line (api/ops.py), which then need not read the body back."""
+    line (api/observe.py), which then need not read the body back."""
     request.scope[ERROR_CODE] = exc.code
-    retry_after = request.app.state.settings.retry_after_seconds
+    retry_after = resources(request).settings.retry_after_seconds
     headers = {"Retry-After": str(retry_after)} if exc.status == 503 else None
     return JsonResponse(exc.to_body(), status_code=exc.status, headers=headers)
 
@@ -99,3 +112,91 @@ def _holds_nul(value: Any) -> bool:
     if isinstance(value, list):
         return any(_holds_nul(v) for v in value)
     return False
+
+
+# --- errors: the one rendering of every route's failures ------------------------------------
+
+
+async def render_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, EventpipeError)
+    return error_response(request, exc)
+
+
+async def render_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        err = EventpipeError("Method not allowed", code="METHOD_NOT_ALLOWED", status=405)
+    elif exc.status_code == 404:
+        err = NotFound("Not found")
+    else:
+        err = EventpipeError(str(exc.detail), code="HTTP_ERROR", status=exc.status_code)
+    response = error_response(request, err)
+    response.headers.update(exc.headers or {})  # 405's Allow, as RFC 9110 requires
+    return response
+
+
+async def render_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    err = EventpipeError("Internal server error", code="INTERNAL_SERVER_ERROR", status=500)
+    return error_response(request, err)
+
+
+# --- routes, bodies and the store -----------------------------------------------------------
+
+
+def route(path: str, **handlers: Endpoint) -> Route:
+    """One route for all the methods of a path, so that a 405 lists them all in `Allow`
+    (separate Routes would each answer for their own method only)."""
+
+    async def dispatch(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return Route(path, dispatch, methods=list(handlers))
+
+
+def authenticated(request: Request) -> str:
+    """The project id of the request's key (401 otherwise)."""
+    return authenticate(request, resources(request).cache)
+
+
+async def read_authenticated(request: Request, limit: int) -> tuple[str, Any]:
+    """The contract's order for every body: size (413), then the key (401), then JSON (400)."""
+    raw = await read_body(request, limit)
+    project_id = authenticated(request)
+    return project_id, parse_json(raw)
+
+
+def json_object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ValidationFailed("Request body must be a JSON object")
+    return body
+
+
+async def in_db_thread(request: Request, fn: Callable[[], T]) -> T:
+    """Run blocking store (or sync Redis) work in the bounded pool, off the event loop."""
+    return await anyio.to_thread.run_sync(fn, limiter=resources(request).db_limiter)
+
+
+async def in_transaction(request: Request, fn: Callable[[Connection], T]) -> T:
+    """`fn` in one store transaction, on the bounded pool: the management endpoints' only way
+    to the store, so the send path (which never touches it) cannot queue behind them."""
+    engine = resources(request).engine
+
+    def run() -> T:
+        with transaction(engine) as conn:
+            return fn(conn)
+
+    return await in_db_thread(request, run)
+
+
+async def announce_config_change(request: Request) -> None:
+    """Tell every API process (through Redis) and this one (now) that the config changed."""
+    found = resources(request)
+    try:
+        await found.redis.incr(CONFIG_VERSION_KEY)
+    except RedisError:
+        log.warning(
+            "could not bump the config version; other processes reload within CONFIG_RELOAD_SECONDS"
+        )
+    await found.cache.reload()

@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -72,7 +72,7 @@ class Outcomes:
             await self._redis.aclose()
 
     @contextlib.contextmanager
-    def expect(self, event_id: str) -> Any:
+    def expect(self, event_id: str) -> Iterator[asyncio.Future[Outcome]]:
         """Register before the event is enqueued, so that its outcome cannot be missed."""
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._waiters[event_id] = future

@@ -44,8 +44,8 @@ from bench.procs import (  # noqa: E402
 )
 from bench.systems import api_argv  # noqa: E402
 from bench.world import ADMIN_URL, SEED, seed  # noqa: E402
-from shared.embedded import find_server  # noqa: E402
-from shared.migrations import upgrade  # noqa: E402
+from cli.embedded import find_server  # noqa: E402
+from cli.migrate import upgrade  # noqa: E402
 
 MODES = ("aof", "fsync")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))

@@ -25,8 +25,8 @@ if __package__ in (None, ""):  # run as a file: make the project importable
 import redis.asyncio as aioredis  # noqa: E402
 
 from api.idempotency import Claim, Idempotency  # noqa: E402
+from bench.world import SEED as SEED_EVENT  # noqa: E402
 from shared.clock import iso_ms, utcnow  # noqa: E402
-from shared.devseed import SEED_EVENT  # noqa: E402
 from shared.ids import new_id  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 

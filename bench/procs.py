@@ -163,4 +163,4 @@ def uvicorn_argv(app: str, port: int, workers: int = 2) -> list[str]:
 
 
 def eventpipe_argv(*args: str) -> list[str]:
-    return [PYTHON, "-m", "shared.cli", *args]
+    return [PYTHON, "-m", "cli.main", *args]

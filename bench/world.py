@@ -16,13 +16,13 @@ import redis
 from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
+from api.definitions import check_definition
+from api.store import create_definition, create_project, upsert_contact
 from bench.naive import BACKLOG_KEY
+from cli.migrate import upgrade
 from shared.db import transaction
-from shared.definitions import check_definition
-from shared.migrations import upgrade
 from shared.models import events
 from shared.queue import PENDING_KEY
-from shared.store import create_definition, create_project, upsert_contact
 
 ADMIN_URL = os.environ.get(
     "BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

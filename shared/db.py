@@ -14,6 +14,7 @@ from sqlalchemy import (
     Integer,
     Table,
     create_engine,
+    delete,
     event,
     func,
     select,
@@ -167,3 +168,10 @@ def record_failures(conn: Connection, table: Table, rows: Sequence[dict[str, Any
         },
     )
     conn.execute(stmt, list(rows))
+
+
+def delete_failed(table: Table, ids: Sequence[str], *, conn: Connection) -> None:
+    """Drop failure records (their attempts go with them: ON DELETE CASCADE, which SQLite
+    enforces too, with the foreign keys make_engine turns on)."""
+    if ids:
+        conn.execute(delete(table).where(table.c.id.in_(ids)))

@@ -3,7 +3,7 @@
 A job carries a list of events as versioned JSON; the job function is named by its dotted path
 so the API never imports the worker. Version 2 is `{"v": 2, "events": [event, ...]}`;
 version 1 (one event per job, `{"v": 1, "event": event}`, the shape a one-job-per-event
-producer writes) is still read. An event is the dict `accepted_event()` in shared.schema builds.
+producer writes) is still read. An event is the dict `accepted_event()` in api.schema builds.
 """
 
 from __future__ import annotations

@@ -10,8 +10,7 @@ from sqlalchemy import Connection, Engine, insert, or_, select
 
 from shared import errors
 from shared.clock import parse_iso_ms, utcnow
-from shared.db import insert_ignoring_duplicates, record_failures, transaction
-from shared.failed import delete_failed
+from shared.db import delete_failed, insert_ignoring_duplicates, record_failures, transaction
 from shared.models import contacts, events, failed_event_attempts, failed_events
 from shared.queue import Event
 
@@ -57,7 +56,9 @@ def store_batch(engine: Engine, batch: Sequence[Event], *, replay: bool = False)
                 [_attempt_row(e, err, now) for e, err in outcome.failed],
             )
         if replay:
-            delete_failed([r["id"] for r in rows], conn=conn)  # stored now: failed no more
+            delete_failed(
+                failed_events, [r["id"] for r in rows], conn=conn
+            )  # stored now: failed no more
     return outcome
 
 

@@ -15,8 +15,8 @@ import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
+from cli.migrate import upgrade
 from shared.ids import new_id
-from shared.migrations import upgrade
 from tests.integration.services import PostgresCluster
 
 pytestmark = pytest.mark.integration

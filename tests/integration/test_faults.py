@@ -11,8 +11,8 @@ import time
 import redis
 from sqlalchemy import create_engine, select
 
+from cli.migrate import upgrade
 from shared.db import transaction
-from shared.migrations import upgrade
 from shared.models import events
 from shared.queue import JobWriter, enqueue_events, make_queue
 from shared.settings import Settings

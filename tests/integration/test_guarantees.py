@@ -16,8 +16,8 @@ import httpx
 import redis
 from sqlalchemy import Engine, create_engine, func, select
 
+from cli.migrate import upgrade
 from shared.db import transaction
-from shared.migrations import upgrade
 from shared.models import events, failed_event_attempts, failed_events
 from shared.queue import PENDING_KEY
 from tests.integration.conftest import REDIS_URL, service_env

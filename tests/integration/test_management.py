@@ -15,11 +15,11 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
-from shared.coercion import parse_date
+from api.coercion import parse_date
+from api.eventlog import LogQuery, statement
+from cli.migrate import upgrade
 from shared.db import insert_ignoring_duplicates, transaction
-from shared.eventlog import LogQuery, statement
 from shared.ids import new_id
-from shared.migrations import upgrade
 from shared.models import events
 from tests.integration.conftest import REDIS_URL, service_env
 from tests.integration.services import PostgresCluster, Proc, start_api, start_worker, wait_until

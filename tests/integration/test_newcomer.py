@@ -22,8 +22,8 @@ import psutil
 import pytest
 import redis
 
-from shared.cli import _parser
-from shared.embedded import EmbeddedRedis, find_server
+from cli.embedded import EmbeddedRedis, find_server
+from cli.main import _parser
 from tests.integration.services import ROOT, free_port, wait_until
 
 REQUIRED = os.environ.get("EVENTPIPE_REQUIRE_SERVICES") == "1"
@@ -69,7 +69,7 @@ class Run:
         self.log = workdir / f"run-{self.port}.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "shared.cli", "run", "--port", str(self.port),
+                [sys.executable, "-m", "cli.main", "run", "--port", str(self.port),
                  "--processes", str(processes)],
                 cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip

@@ -16,9 +16,9 @@ import pytest
 import redis
 from sqlalchemy import Engine, func, insert, select
 
+from cli.migrate import upgrade
 from shared.clock import utcnow
 from shared.db import transaction
-from shared.migrations import upgrade
 from shared.models import events, failed_event_attempts, failed_events
 from shared.queue import PENDING_KEY, JobWriter, enqueue_events, make_queue
 from shared.settings import Settings
@@ -220,7 +220,7 @@ def test_replay_skips_what_is_on_its_way_or_stored_and_never_stores_twice(
     # The contacts now exist; the workers store each event once, however often queued.
     with transaction(engine) as conn:
         project_id = row.project_id
-        from shared.store import upsert_contact
+        from api.store import upsert_contact
 
         for i in range(5):
             upsert_contact(project_id, f"ghost{i}@example.com", {}, conn=conn)
@@ -289,7 +289,7 @@ def test_admin_api_lists_and_replays_for_real(
         assert [r["id"] for r in listed.json()["data"]["failed"]] == ids[::-1]
 
         with transaction(engine) as conn:
-            from shared.store import upsert_contact
+            from api.store import upsert_contact
 
             upsert_contact(project_id, "ghost1@example.com", {}, conn=conn)
         answer = http.post(
@@ -608,7 +608,7 @@ def test_an_interrupted_replay_run_again_queues_each_event_once(
 
     project_id = failed_rows(engine)[ids[0]].project_id
     with transaction(engine) as conn:
-        from shared.store import upsert_contact
+        from api.store import upsert_contact
 
         for i in range(120):
             upsert_contact(project_id, f"ghost{i}@example.com", {}, conn=conn)

@@ -11,19 +11,19 @@ import httpx
 import redis
 from sqlalchemy import Engine, func, select
 
+from api.store import create_project, upsert_contact
 from shared.clock import iso_ms, parse_iso_ms, utcnow
 from shared.db import transaction
-from shared.devseed import DEV_DEFINITION, SEED_EVENT
 from shared.ids import new_id
 from shared.models import contacts, events, failed_events
 from shared.queue import JobWriter, add_job, enqueue_events, make_payload, make_queue
 from shared.settings import Settings
-from shared.store import create_project, upsert_contact
+from tests.factories import DEFINITION, SEND
 from tests.integration.services import Proc, run_cli, start_api, start_worker, wait_until
 
 # The seed's definition and request: the same ones `eventpipe run` sets up for newcomers.
-SEED_DEFINITION: dict[str, Any] = DEV_DEFINITION
-SEED: dict[str, Any] = SEED_EVENT
+SEED_DEFINITION: dict[str, Any] = DEFINITION
+SEED: dict[str, Any] = SEND
 
 
 def auth(key: str) -> dict[str, str]:

@@ -12,20 +12,21 @@ import pytest
 from sqlalchemy import Engine
 from starlette.testclient import TestClient
 
-from api.app import create_app
+from api.app import EventpipeApp, create_app
+from api.state import Resources
+from api.store import create_project
 from shared.db import make_engine, transaction
-from shared.devseed import DEV_DEFINITION
 from shared.models import metadata
 from shared.queue import bump_config_version, make_queue
 from shared.settings import Settings
-from shared.store import create_project
+from tests.factories import DEFINITION
 from worker import context as worker_context
 
 # The seed's definition, plus a date property so every type is exercised.
 SEED_DEFINITION = {
-    **DEV_DEFINITION,
+    **DEFINITION,
     "description": None,
-    "properties": [*DEV_DEFINITION["properties"], {"propertyName": "placed_at", "type": "date"}],
+    "properties": [*DEFINITION["properties"], {"propertyName": "placed_at", "type": "date"}],
 }
 
 
@@ -109,3 +110,11 @@ def client(
 
 def auth(api_key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"}
+
+
+def resources_of(client: TestClient) -> Resources:
+    """The running app's resources (its lifespan has opened them)."""
+    app = client.app
+    assert isinstance(app, EventpipeApp)
+    found: Resources = app.state.resources
+    return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import time
 from typing import Any
@@ -11,8 +12,9 @@ import pytest
 from sqlalchemy import Engine, func, select
 from starlette.testclient import TestClient
 
+from api.app import EventpipeApp
+from api.store import revoke_key
 from shared.db import transaction
-from shared.devseed import SEED_EVENT
 from shared.models import events
 from shared.queue import (
     CONFIG_VERSION_KEY,
@@ -22,12 +24,12 @@ from shared.queue import (
     read_payload,
 )
 from shared.settings import Settings
-from shared.store import revoke_key
+from tests.factories import SEND
 from tests.unit.conftest import SEED_DEFINITION, auth, make_client, make_project
 from worker.context import WorkerContext
 from worker.jobs import store_events
 
-SEED = SEED_EVENT
+SEED = SEND
 
 
 def setup_seed(client: TestClient, key: str, with_contact: bool = True) -> None:
@@ -209,7 +211,9 @@ def test_redis_unreachable_is_503_with_retry_after(
     _, key, _ = make_project(engine, fakeredis.FakeRedis(server=fake_server))
     dead = aioredis.Redis(host="127.0.0.1", port=1, retry=quick_async_retry())
     app_client = make_client(settings, engine, fake_server)
-    app_client.app.state.async_redis = dead  # type: ignore[attr-defined]
+    app = app_client.app
+    assert isinstance(app, EventpipeApp)
+    app.clients = dataclasses.replace(app.clients, async_redis=dead)
     with app_client as c:
         setup_seed(c, key)
         r = c.post("/v1/events/send", json=SEED, headers=auth(key))
@@ -328,8 +332,8 @@ def test_the_send_path_runs_no_sql(
     def no_store(*_args: Any, **_kwargs: Any) -> Any:
         raise AssertionError("the send path touched the store")
 
-    monkeypatch.setattr(app.state.engine, "connect", no_store)
-    monkeypatch.setattr(app.state.engine, "begin", no_store)
+    monkeypatch.setattr(app.state.resources.engine, "connect", no_store)
+    monkeypatch.setattr(app.state.resources.engine, "begin", no_store)
     r = client.post("/v1/events/send", json=SEED, headers=auth(project[1]))
     assert r.status_code == 202
 
@@ -393,7 +397,7 @@ async def test_a_slow_older_reload_cannot_overwrite_a_newer_one() -> None:
     import asyncio
 
     from api.config_cache import ConfigCache
-    from shared.store import ConfigSnapshot
+    from api.store import ConfigSnapshot
 
     loads = 0
 

@@ -11,14 +11,14 @@ from sqlalchemy import Engine, select
 from starlette.testclient import TestClient
 
 from shared.db import transaction
-from shared.devseed import SEED_EVENT
 from shared.models import events
+from tests.factories import SEND
 from tests.unit.conftest import auth
 from tests.unit.test_api import run_queued_jobs, setup_seed
 from worker.context import WorkerContext
 
 Project = tuple[str, str, str]
-BAD_VALUE = {**SEED_EVENT, "eventProperties": {"order_total": "lots"}}
+BAD_VALUE = {**SEND, "eventProperties": {"order_total": "lots"}}
 
 
 def batch(client: TestClient, key: str, items: list[Any], **kw: Any) -> Any:
@@ -38,7 +38,7 @@ def test_all_good_items_are_one_job_and_stored_in_order(
     client: TestClient, project: Project, worker_ctx: WorkerContext, engine: Engine
 ) -> None:
     setup_seed(client, project[1])
-    items = [{**SEED_EVENT, "eventProperties": {"order_total": i}} for i in range(500)]
+    items = [{**SEND, "eventProperties": {"order_total": i}} for i in range(500)]
     r = batch(client, project[1], items)
     assert r.status_code == 202 and r.json()["success"] is True
     data = r.json()["data"]
@@ -56,14 +56,14 @@ def test_mixed_items_each_get_their_own_receipt(
 ) -> None:
     setup_seed(client, project[1])
     items = [
-        SEED_EVENT,
+        SEND,
         BAD_VALUE,
-        {**SEED_EVENT, "eventName": "nope"},
+        {**SEND, "eventName": "nope"},
         {"eventName": "order_completed"},
         "not an object",
-        {**SEED_EVENT, "eventProperties": {"foo": 1}},
-        {**SEED_EVENT, "idempotencyKey": ""},
-        {**SEED_EVENT, "idempotencyKey": 7},
+        {**SEND, "eventProperties": {"foo": 1}},
+        {**SEND, "idempotencyKey": ""},
+        {**SEND, "idempotencyKey": 7},
     ]
     r = batch(client, project[1], items)
     assert r.status_code == 202
@@ -102,17 +102,17 @@ def test_keys_within_a_batch_across_batches_and_with_single_sends(
 ) -> None:
     setup_seed(client, project[1])
     single = client.post(
-        "/v1/events/send", json=SEED_EVENT, headers=auth(project[1]) | {"Idempotency-Key": "a"}
+        "/v1/events/send", json=SEND, headers=auth(project[1]) | {"Idempotency-Key": "a"}
     ).json()["data"]["id"]
-    other = {**SEED_EVENT, "eventProperties": {"order_total": 1}}
+    other = {**SEND, "eventProperties": {"order_total": 1}}
     items = [
-        {**SEED_EVENT, "idempotencyKey": "a"},  # the single send's key and body: duplicate
+        {**SEND, "idempotencyKey": "a"},  # the single send's key and body: duplicate
         {**other, "idempotencyKey": "a"},  # its key, another body: mismatch
         {**other, "idempotencyKey": "b"},  # new: accepted
         {**other, "idempotencyKey": "b"},  # the same again in this batch: duplicate of 2
-        {**SEED_EVENT, "idempotencyKey": "b"},  # key b, another body: mismatch
+        {**SEND, "idempotencyKey": "b"},  # key b, another body: mismatch
         {**BAD_VALUE, "idempotencyKey": "c"},  # refused: saves nothing
-        {**SEED_EVENT, "idempotencyKey": "c"},  # so c is free here: accepted
+        {**SEND, "idempotencyKey": "c"},  # so c is free here: accepted
     ]
     r = batch(client, project[1], items)
     receipts = r.json()["data"]["receipts"]
@@ -148,8 +148,8 @@ def test_keys_within_a_batch_across_batches_and_with_single_sends(
         {},
         {"events": []},
         {"events": "x"},
-        {"events": [SEED_EVENT] * 501},
-        [SEED_EVENT],
+        {"events": [SEND] * 501},
+        [SEND],
     ],
 )
 def test_the_batch_itself_must_hold_1_to_500_items(
@@ -164,10 +164,10 @@ def test_the_batch_itself_must_hold_1_to_500_items(
 def test_size_limits_gzip_and_a_bomb(client: TestClient, project: Project) -> None:
     setup_seed(client, project[1])
     h = auth(project[1])
-    big = {**SEED_EVENT, "eventProperties": {"currency": "x" * 3000}}
+    big = {**SEND, "eventProperties": {"currency": "x" * 3000}}
     over = {"events": [big] * 400}  # ~1.2 MB
     assert client.post("/v1/events/batch", json=over, headers=h).status_code == 413
-    raw = json.dumps({"events": [SEED_EVENT] * 500}).encode()
+    raw = json.dumps({"events": [SEND] * 500}).encode()
     r = client.post(
         "/v1/events/batch",
         content=gzip.compress(raw),

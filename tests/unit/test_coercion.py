@@ -1,4 +1,4 @@
-"""shared.coercion: one test row per rule and edge of the property-type contract."""
+"""api.coercion: one test row per rule and edge of the property-type contract."""
 
 import math
 import pickle
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from shared.coercion import PROPERTY_TYPES, CoercionError, coerce_suggested, coerce_value
+from api.coercion import PROPERTY_TYPES, CoercionError, coerce_suggested, coerce_value
 from shared.jsonio import OutOfRange, loads
 
 EXPECTED = {"string": "a string", "number": "a number", "date": "a date", "boolean": "a boolean"}

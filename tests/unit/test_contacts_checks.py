@@ -1,4 +1,4 @@
-"""shared.contacts: the email rule and the checks of a contact's changes."""
+"""api.contacts: the email rule and the checks of a contact's changes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from shared.contacts import check_contact_changes, check_email
+from api.contacts import check_contact_changes, check_email
 from shared.errors import EventpipeError
 from shared.jsonio import OutOfRange
 

@@ -1,4 +1,4 @@
-"""shared.definitions: the rules of a definition body, and Definition.from_row."""
+"""api.definitions: the rules of a definition body, and Definition.from_row."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shared.definitions import Definition, DefinitionSpec, check_definition
+from api.definitions import Definition, DefinitionSpec, check_definition
 from shared.errors import EventpipeError
 
 NAME_MESSAGE = "eventName is required and must be a non-empty string"

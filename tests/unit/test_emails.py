@@ -1,10 +1,10 @@
-"""shared.emails: pragmatic ASCII address syntax and normalisation."""
+"""api.emails: pragmatic ASCII address syntax and normalisation."""
 
 from typing import Any
 
 import pytest
 
-from shared.emails import InvalidEmail, normalize_email
+from api.emails import InvalidEmail, normalize_email
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,9 @@ from sqlalchemy import Engine
 from starlette.testclient import TestClient
 
 from api.idempotency import IN_FLIGHT, Answer, fingerprint, redis_key
-from shared.devseed import SEED_EVENT
 from shared.errors import QueueUnavailable
-from tests.unit.conftest import auth, make_project
+from tests.factories import SEND
+from tests.unit.conftest import auth, make_project, resources_of
 from tests.unit.test_api import run_queued_jobs, setup_seed
 from worker.context import WorkerContext
 
@@ -35,7 +35,7 @@ def test_a_repeat_answers_the_first_answer_and_queues_nothing(
     client: TestClient, project: Project, worker_ctx: WorkerContext
 ) -> None:
     setup_seed(client, project[1])
-    first = send(client, project[1], SEED_EVENT, "order-1001")
+    first = send(client, project[1], SEND, "order-1001")
     assert first.status_code == 202 and "Idempotent-Replayed" not in first.headers
     # The same JSON written differently: keys reordered, other spacing.
     same = (
@@ -48,15 +48,15 @@ def test_a_repeat_answers_the_first_answer_and_queues_nothing(
     assert queued_ids(worker_ctx) == [first.json()["data"]["id"]]
 
     run_queued_jobs(worker_ctx)  # stored meanwhile: the repeat still answers the first answer
-    later = send(client, project[1], SEED_EVENT, "order-1001")
+    later = send(client, project[1], SEND, "order-1001")
     assert later.json() == first.json() and later.headers["Idempotent-Replayed"] == "true"
     assert queued_ids(worker_ctx) == []
 
 
 def test_the_same_key_with_another_body_is_422(client: TestClient, project: Project) -> None:
     setup_seed(client, project[1])
-    assert send(client, project[1], SEED_EVENT, "k").status_code == 202
-    other = {**SEED_EVENT, "eventProperties": {"order_total": 1}}
+    assert send(client, project[1], SEND, "k").status_code == 202
+    other = {**SEND, "eventProperties": {"order_total": 1}}
     r = send(client, project[1], other, "k")
     assert r.status_code == 422
     assert r.json()["error"]["code"] == "IDEMPOTENCY_KEY_MISMATCH"
@@ -66,9 +66,9 @@ def test_a_key_in_flight_is_409(
     client: TestClient, project: Project, fake_redis: fakeredis.FakeRedis
 ) -> None:
     setup_seed(client, project[1])
-    held = Answer(fingerprint(SEED_EVENT), "6b07ed5912fdabcaa2e28e16", "t", IN_FLIGHT)
+    held = Answer(fingerprint(SEND), "6b07ed5912fdabcaa2e28e16", "t", IN_FLIGHT)
     fake_redis.set(redis_key(project[0], "k"), held.encode())
-    r = send(client, project[1], SEED_EVENT, "k")
+    r = send(client, project[1], SEND, "k")
     assert r.status_code == 409 and r.json()["error"]["code"] == "IDEMPOTENCY_KEY_IN_USE"
 
 
@@ -76,10 +76,10 @@ def test_a_refused_request_saves_nothing(
     client: TestClient, project: Project, fake_redis: fakeredis.FakeRedis
 ) -> None:
     setup_seed(client, project[1])
-    bad = {**SEED_EVENT, "eventProperties": {"order_total": "lots"}}
+    bad = {**SEND, "eventProperties": {"order_total": "lots"}}
     assert send(client, project[1], bad, "k").json()["error"]["code"] == "INVALID_PROPERTY_VALUE"
     assert fake_redis.keys("eventpipe:idem:*") == []
-    assert send(client, project[1], SEED_EVENT, "k").status_code == 202
+    assert send(client, project[1], SEND, "k").status_code == 202
 
 
 def test_a_failed_enqueue_frees_the_key_at_once(
@@ -89,17 +89,17 @@ def test_a_failed_enqueue_frees_the_key_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     setup_seed(client, project[1])
-    committer = client.app.state.committer  # type: ignore[attr-defined]
+    committer = resources_of(client).committer
 
     async def down(*args: Any) -> None:
         raise QueueUnavailable()
 
     with monkeypatch.context() as m:
         m.setattr(committer, "submit", down)
-        r = send(client, project[1], SEED_EVENT, "k")
+        r = send(client, project[1], SEND, "k")
         assert r.status_code == 503
     assert fake_redis.keys("eventpipe:idem:*") == []
-    r = send(client, project[1], SEED_EVENT, "k")
+    r = send(client, project[1], SEND, "k")
     assert r.status_code == 202 and "Idempotent-Replayed" not in r.headers
 
 
@@ -111,11 +111,11 @@ def test_keys_belong_to_a_project_and_expire(
     worker_ctx: WorkerContext,
 ) -> None:
     setup_seed(client, project[1])
-    first = send(client, project[1], SEED_EVENT, "k").json()["data"]["id"]
+    first = send(client, project[1], SEND, "k").json()["data"]["id"]
     other = make_project(engine, fake_redis, "other")
     time.sleep(0.2)
     setup_seed(client, other[1])
-    second = send(client, other[1], SEED_EVENT, "k")
+    second = send(client, other[1], SEND, "k")
     assert second.status_code == 202 and second.json()["data"]["id"] != first
     ttl: int = fake_redis.ttl(redis_key(project[0], "k"))  # type: ignore[assignment]
     assert 24 * 3600 - 5 < ttl <= 24 * 3600
@@ -129,7 +129,7 @@ def test_malformed_keys_are_400(client: TestClient, project: Project, key: str) 
     # httpx refuses to send some of these as str; bytes go through as the wire would carry them.
     r = client.post(
         "/v1/events/send",
-        json=SEED_EVENT,
+        json=SEND,
         headers=[(k.encode(), v.encode("latin-1", "replace")) for k, v in headers.items()],
     )
     assert r.status_code == 400 and r.json()["error"]["details"][0]["field"] == "Idempotency-Key"

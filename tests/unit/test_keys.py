@@ -1,4 +1,4 @@
-"""shared.keys: key format, splitting, and the stored hash."""
+"""api.keys: key format, splitting, and the stored hash."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from shared.keys import generate_key, hash_secret, secret_matches, split_key
+from api.keys import generate_key, hash_secret, secret_matches, split_key
 
 KEY_RE = re.compile(r"AS_([0-9a-f]{24})_([A-Za-z0-9_-]{43})")
 KEY_ID = "60d5ec49f1b2c72d9c8b9999"

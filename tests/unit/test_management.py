@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import Engine
 from starlette.testclient import TestClient
 
-from shared.devseed import SEED_EVENT
+from api.eventlog import decode_cursor, encode_cursor
 from shared.errors import ValidationFailed
-from shared.eventlog import decode_cursor, encode_cursor
 from shared.settings import Settings
+from tests.factories import SEND
 from tests.unit.conftest import SEED_DEFINITION, auth, make_client, make_project
 from tests.unit.test_api import run_queued_jobs, setup_seed
 from worker.context import WorkerContext
@@ -109,16 +109,16 @@ def test_definition_changes_reach_sends_at_once(
 ) -> None:
     h = auth(project[1])
     setup_seed(client, project[1])
-    assert client.post("/v1/events/send", json=SEED_EVENT, headers=h).status_code == 202
+    assert client.post("/v1/events/send", json=SEND, headers=h).status_code == 202
     client.patch(
         "/v1/events/eventName/order_completed",
         json={"properties": [{"propertyName": "order_total", "type": "number"}]},
         headers=h,
     )
-    r = client.post("/v1/events/send", json=SEED_EVENT, headers=h)
+    r = client.post("/v1/events/send", json=SEND, headers=h)
     assert code_of(r) == (400, "UNKNOWN_PROPERTY")
     client.delete("/v1/events/eventName/order_completed", headers=h)
-    r = client.post("/v1/events/send", json=SEED_EVENT, headers=h)
+    r = client.post("/v1/events/send", json=SEND, headers=h)
     assert code_of(r) == (404, "EVENT_NOT_FOUND")
     # The event accepted before the delete is still stored, and its log still readable.
     run_queued_jobs(worker_ctx)
@@ -252,11 +252,9 @@ def test_deleting_contacts_forgets_their_events(
     client.post("/v1/contacts", json={"email": "bo@example.com", "userId": "u1"}, headers=h)
     ann = client.post("/v1/contacts", json={"email": "ann@example.com"}, headers=h).json()["data"]
     for email in ("jane@example.com", "bob@example.com", "ann@example.com", "gone@example.com"):
-        client.post("/v1/events/send", json={**SEED_EVENT, "email": email}, headers=h)
+        client.post("/v1/events/send", json={**SEND, "email": email}, headers=h)
     run_queued_jobs(worker_ctx)
-    sent = client.post(
-        "/v1/events/send", json={**SEED_EVENT, "email": "bob@example.com"}, headers=h
-    )
+    sent = client.post("/v1/events/send", json={**SEND, "email": "bob@example.com"}, headers=h)
     bob_event = sent.json()["data"]["id"]
 
     jane = client.post("/v1/contacts/email", json={"email": "jane@example.com"}, headers=h).json()[
@@ -355,9 +353,7 @@ def test_contacts_are_scoped_to_the_project(
 def _send_many(client: TestClient, key: str, names: list[str]) -> list[str]:
     ids = []
     for name in names:
-        r = client.post(
-            "/v1/events/send", json={**SEED_EVENT, "eventName": name}, headers=auth(key)
-        )
+        r = client.post("/v1/events/send", json={**SEND, "eventName": name}, headers=auth(key))
         assert r.status_code == 202, r.text
         ids.append(r.json()["data"]["id"])
     return ids
@@ -469,8 +465,8 @@ def test_nul_characters_are_refused_before_anything_is_accepted(
     setup_seed(client, project[1])
     nul = "a\x00b"
     bodies: list[tuple[str, dict[str, Any]]] = [
-        ("/v1/events/send", {**SEED_EVENT, "eventProperties": {"currency": nul}}),
-        ("/v1/events/send", {**SEED_EVENT, "eventProperties": {nul: 1}}),
+        ("/v1/events/send", {**SEND, "eventProperties": {"currency": nul}}),
+        ("/v1/events/send", {**SEND, "eventProperties": {nul: 1}}),
         ("/v1/events", {"eventName": "e", "description": nul}),
         ("/v1/contacts", {"email": "n@example.com", "customFields": {"k": [nul]}}),
     ]
@@ -482,7 +478,7 @@ def test_nul_characters_are_refused_before_anything_is_accepted(
     # The six characters \u0000 written out (an escaped backslash) are ordinary text.
     literal = client.post(
         "/v1/events/send",
-        json={**SEED_EVENT, "eventProperties": {"currency": "\\u0000"}},
+        json={**SEND, "eventProperties": {"currency": "\\u0000"}},
         headers=h,
     )
     assert literal.status_code == 202
@@ -496,7 +492,7 @@ def test_huge_numbers_survive_the_store_round_trip(
     setup_seed(client, project[1])
     sent = client.post(
         "/v1/events/send",
-        json={**SEED_EVENT, "eventProperties": {"order_total": 5.09e52}},
+        json={**SEND, "eventProperties": {"order_total": 5.09e52}},
         headers=h,
     ).json()["data"]
     contact = client.post(

@@ -10,10 +10,10 @@ import fakeredis
 import pytest
 from sqlalchemy import Engine
 
+from ops.failed import FailedFilter, parse_time
+from ops.replay import Replayer
 from shared.errors import ValidationFailed
-from shared.failed import FailedFilter, parse_time
 from shared.queue import PENDING_KEY
-from shared.replay import Replayer
 from shared.settings import Settings, load_settings
 from tests.unit.conftest import auth, make_client
 from tests.unit.test_worker import an_event, count
@@ -249,8 +249,8 @@ def test_metrics_count_requests_accepted_and_rejected_events(client: Any, projec
 
 
 def test_stats_report_an_unreachable_store_instead_of_failing() -> None:
+    from ops.stats import describe_stats, store_stats
     from shared.db import make_engine
-    from shared.stats import describe_stats, store_stats
     from tests.integration.services import free_port
 
     url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing"
@@ -267,7 +267,7 @@ def test_stats_report_an_unreachable_store_instead_of_failing() -> None:
 
 
 def test_replay_summary_names_every_skip_reason() -> None:
-    from shared.replay import ReplaySummary, describe
+    from ops.replay import ReplaySummary, describe
 
     summary = ReplaySummary(matched=5, requeued=2)
     summary.skipped.update({"already queued": 2, "already stored": 1, "never": 0})
@@ -293,7 +293,7 @@ def test_replay_holds_off_while_the_backlog_is_over_half_its_limit(
         waits.append(seconds)
         worker_ctx.redis.delete(PENDING_KEY)
 
-    monkeypatch.setattr("shared.replay.time.sleep", workers_drain)
+    monkeypatch.setattr("ops.replay.time.sleep", workers_drain)
     replayer = Replayer(settings, engine, worker_ctx.redis, worker_ctx.queue)
     summary = replayer.run(FailedFilter(ids=tuple(ids)))
     assert len(waits) == 1 and summary.requeued == 3
@@ -308,8 +308,8 @@ def test_a_replay_the_backlog_never_makes_room_for_stops_instead_of_hanging(
     settings = replace(worker_ctx.settings, max_queued_events=4)
     worker_ctx.redis.hset(PENDING_KEY, mapping={"a" * 24: "g1", "b" * 24: "g1"})  # never drains
     clock = iter(range(1000))
-    monkeypatch.setattr("shared.replay.time.monotonic", lambda: float(next(clock)))
-    monkeypatch.setattr("shared.replay.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("ops.replay.time.monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr("ops.replay.time.sleep", lambda seconds: None)
     replayer = Replayer(settings, engine, worker_ctx.redis, worker_ctx.queue)
     summary = replayer.run(FailedFilter(ids=tuple(ids)), room_wait=5)
     assert summary.interrupted and summary.requeued == 0
@@ -324,15 +324,15 @@ def test_request_log_lines_carry_the_event_id_or_the_error_code(
     project: Project,
     caplog: Any,
 ) -> None:
-    from shared.devseed import SEED_EVENT
+    from tests.factories import SEND
     from tests.unit.test_api import setup_seed
 
     with make_client(settings, engine, fake_server, log_format="json") as client:
         setup_seed(client, project[1])
         caplog.clear()
         with caplog.at_level("INFO", logger="eventpipe"):
-            sent = client.post("/v1/events/send", json=SEED_EVENT, headers=auth(project[1]))
-            bad = {**SEED_EVENT, "eventName": "nope"}
+            sent = client.post("/v1/events/send", json=SEND, headers=auth(project[1]))
+            bad = {**SEND, "eventName": "nope"}
             client.post("/v1/events/send", json=bad, headers=auth(project[1]))
             client.get("/v1/contacts/" + "0" * 24, headers=auth(project[1]))
     lines = [r.fields for r in caplog.records if getattr(r, "fields", {}).get("kind") == "request"]

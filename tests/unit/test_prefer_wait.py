@@ -12,8 +12,8 @@ from starlette.testclient import TestClient
 
 from api.outcomes import parse_prefer_wait
 from shared.db import transaction
-from shared.devseed import SEED_EVENT
 from shared.models import events, failed_event_attempts, failed_events
+from tests.factories import SEND
 from tests.unit.conftest import auth
 from tests.unit.test_api import setup_seed
 from worker.context import WorkerContext
@@ -58,7 +58,7 @@ def test_a_stored_event_answers_201_with_the_stored_record(
     contact = client.post(
         "/v1/contacts/email", json={"email": "jane@example.com"}, headers=auth(project[1])
     ).json()["data"]
-    r = send(client, project[1], SEED_EVENT, "wait=5")
+    r = send(client, project[1], SEND, "wait=5")
     assert r.status_code == 201 and r.headers["Preference-Applied"] == "wait=5"
     data = r.json()["data"]
     assert data["contactId"] == contact["id"] and "status" not in data
@@ -75,7 +75,7 @@ def test_an_unknown_contact_answers_404_and_records_nothing(
     client: TestClient, project: Project, worker: None, engine: Engine, worker_ctx: WorkerContext
 ) -> None:
     setup_seed(client, project[1], with_contact=False)
-    r = send(client, project[1], SEED_EVENT, "respond-async, wait=5")
+    r = send(client, project[1], SEND, "respond-async, wait=5")
     assert r.status_code == 404 and r.json()["error"]["code"] == "CONTACT_NOT_FOUND_FOR_EVENT"
     assert r.headers["Preference-Applied"] == "wait=5"
     assert count(engine, failed_events) == 0 and count(engine, events) == 0
@@ -87,7 +87,7 @@ def test_no_outcome_within_the_wait_answers_the_usual_202(
     client: TestClient, project: Project, worker_ctx: WorkerContext
 ) -> None:
     setup_seed(client, project[1])
-    r = send(client, project[1], SEED_EVENT, "wait=1")
+    r = send(client, project[1], SEND, "wait=1")
     assert r.status_code == 202 and r.json()["data"]["status"] == "queued"
     assert r.headers["Preference-Applied"] == "wait=1"
     assert worker_ctx.queue.count == 1  # and it goes on as usual
@@ -97,13 +97,13 @@ def test_a_waited_answer_is_what_the_idempotency_key_replays(
     client: TestClient, project: Project, worker: None, engine: Engine
 ) -> None:
     setup_seed(client, project[1], with_contact=False)
-    first = send(client, project[1], SEED_EVENT, "wait=5", **{"Idempotency-Key": "k1"})
+    first = send(client, project[1], SEND, "wait=5", **{"Idempotency-Key": "k1"})
     assert first.status_code == 404
     # Nothing was recorded, so the key is free: the retry (contact now created) is stored.
     client.post("/v1/contacts/email", json={"email": "jane@example.com"}, headers=auth(project[1]))
-    second = send(client, project[1], SEED_EVENT, "wait=5", **{"Idempotency-Key": "k1"})
+    second = send(client, project[1], SEND, "wait=5", **{"Idempotency-Key": "k1"})
     assert second.status_code == 201 and "Idempotent-Replayed" not in second.headers
-    again = send(client, project[1], SEED_EVENT, "wait=5", **{"Idempotency-Key": "k1"})
+    again = send(client, project[1], SEND, "wait=5", **{"Idempotency-Key": "k1"})
     assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
     assert again.json() == second.json()
     assert count(engine, events) == 1

@@ -1,4 +1,4 @@
-"""shared.schema: the send path's checks, their codes/messages, their order, the accepted event."""
+"""api.schema: the send path's checks, their codes/messages, their order, the accepted event."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from shared.definitions import Definition
+from api.definitions import Definition
+from api.schema import FindDefinition, check_send, coerce_properties
 from shared.errors import EventpipeError
 from shared.ids import is_id
-from shared.schema import FindDefinition, check_send, coerce_properties
 
 PROJECT_ID = "60d5ec49f1b2c72d9c8b0001"
 CONTACT_ID = "60d5ec49f1b2c72d9c8b8888"

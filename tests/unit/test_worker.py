@@ -8,13 +8,13 @@ import pytest
 from rq.serializers import JSONSerializer
 from sqlalchemy import Engine, func, select
 
+from api.store import upsert_contact
 from shared.clock import iso_ms, utcnow
 from shared.db import transaction
 from shared.errors import StoreUnavailable
 from shared.ids import new_id
 from shared.models import events, failed_events
 from shared.queue import PENDING_KEY, JobWriter, enqueue_events, make_payload, read_payload
-from shared.store import upsert_contact
 from worker.context import WorkerContext
 from worker.jobs import EventFailed, store_events
 from worker.runner import EventWorker

@@ -11,13 +11,13 @@ from sqlalchemy import Connection, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from api.definitions import Definition, DefinitionSpec
+from api.eventlog import stored_json
+from api.keys import NewKey, generate_key
 from shared import errors
 from shared.clock import aware, iso_ms, utcnow
-from shared.definitions import Definition, DefinitionSpec
 from shared.errors import Conflict, EventpipeError, NotFound
-from shared.eventlog import stored_json
 from shared.ids import new_id
-from shared.keys import NewKey, generate_key
 from shared.models import (
     JsonType,
     api_keys,

@@ -1,7 +1,7 @@
 """The operators' commands: `eventpipe failed list|show|purge`, `replay` and `stats`.
 
-shared.cli only wires them in (`add_commands`); the work is in shared.failed, shared.replay
-and shared.stats, which the admin API calls too.
+cli.main only wires them in (`add_commands`); the work is in ops.failed, ops.replay
+and ops.stats, which the admin API calls too.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import redis
 from rq import Queue
 from sqlalchemy import Engine
 
-from shared import failed as failed_mod
+from ops import failed as failed_mod
 from shared.db import make_engine, transaction
 from shared.errors import EventpipeError
 from shared.queue import connect_redis, make_queue
@@ -206,7 +206,7 @@ def _confirm(question: str) -> bool:
 
 
 def replay_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.replay import ProgressBar, Replayer, describe
+    from ops.replay import ProgressBar, Replayer, describe
 
     flt = _filter_of(args)
     _require_scope(flt, args, "replay")
@@ -232,7 +232,7 @@ def replay_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def stats_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.stats import collect, describe_stats, watch
+    from ops.stats import collect, describe_stats, watch
 
     with services(settings) as s:
         if args.watch:

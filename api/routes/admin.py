@@ -17,10 +17,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api.apidoc import error_doc, ok_doc, query_param
-from api.http import ok, parse_json, read_body
-from api.routes import in_transaction, json_object
-from shared import failed as failed_mod
+from api.apidoc import OPERATIONS, error_doc, obj, ok_doc, op, query_param
+from api.http import in_transaction, json_object, ok, parse_json, read_body
+from api.state import resources
+from ops import failed as failed_mod
 from shared.errors import QueueUnavailable, Unauthorized, ValidationFailed
 from shared.settings import MAX_BODY_BYTES, Settings
 
@@ -32,7 +32,7 @@ ROOM_WAIT_SECONDS = 30.0
 
 
 def check_operator(request: Request) -> None:
-    settings: Settings = request.app.state.settings
+    settings: Settings = resources(request).settings
     if not settings.operator_token:
         raise Unauthorized("The admin API is off: set OPERATOR_TOKEN to turn it on")
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -119,7 +119,7 @@ async def replay(request: Request) -> Response:
     # not hold the slots the management endpoints and the config reloads use.
     summary = await anyio.to_thread.run_sync(
         lambda: _run_replay(request, flt, limit, dry_run, float(wait)),
-        limiter=request.app.state.replay_limiter,
+        limiter=resources(request).replay_limiter,
     )
     return ok(summary)
 
@@ -131,9 +131,9 @@ def _run_replay(
     dry_run: bool,
     wait: float,
 ) -> dict[str, Any]:
-    from shared.replay import Replayer
+    from ops.replay import Replayer
 
-    state = request.app.state
+    state = resources(request)
     queue = state.queue
     replayer = Replayer(state.settings, state.engine, queue.connection, queue)
     try:
@@ -205,44 +205,43 @@ _SECURITY: list[dict[str, list[str]]] = [{"operatorToken": []}]
 
 OPENAPI_PATHS: dict[str, Any] = {
     "/v1/admin/failed": {
-        "get": {
-            "summary": "List failed events (every project), newest accepted first",
-            "tags": ["Operations"],
-            "security": _SECURITY,
-            "parameters": [
+        "get": op(
+            "List failed events (every project), newest accepted first",
+            OPERATIONS,
+            {
+                "200": ok_doc(
+                    "A page of failed events",
+                    obj(
+                        {
+                            "failed": {"type": "array", "items": _FAILED_EVENT},
+                            "nextCursor": {"type": ["string", "null"]},
+                        }
+                    ),
+                ),
+                **_ADMIN_ERRORS,
+            },
+            security=_SECURITY,
+            parameters=[
                 *[query_param(n, s, d) for n, (s, d) in _FILTER_FIELDS.items()],
                 query_param(
                     "limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Page size"
                 ),
                 query_param("cursor", {"type": "string"}, "nextCursor of the previous page"),
             ],
-            "responses": {
-                "200": ok_doc(
-                    "A page of failed events",
-                    {
-                        "type": "object",
-                        "properties": {
-                            "failed": {"type": "array", "items": _FAILED_EVENT},
-                            "nextCursor": {"type": ["string", "null"]},
-                        },
-                    },
-                ),
-                **_ADMIN_ERRORS,
-            },
-        }
+        )
     },
     "/v1/admin/replay": {
-        "post": {
-            "summary": "Requeue the matching failed events",
-            "tags": ["Operations"],
-            "security": _SECURITY,
-            "requestBody": {
+        "post": op(
+            "Requeue the matching failed events",
+            OPERATIONS,
+            {"200": ok_doc("What the replay did", _SUMMARY), **_ADMIN_ERRORS},
+            security=_SECURITY,
+            requestBody={
                 "required": True,
                 "content": {
                     "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
+                        "schema": obj(
+                            {
                                 **{
                                     n: {**s, "description": d}
                                     for n, (s, d) in _FILTER_FIELDS.items()
@@ -260,14 +259,13 @@ OPENAPI_PATHS: dict[str, Any] = {
                                     "maximum": MAX_WAIT_SECONDS,
                                     "description": "Seconds to wait for the workers' outcome",
                                 },
-                            },
-                        },
+                            }
+                        ),
                         "example": {"code": "CONTACT_NOT_FOUND_FOR_EVENT", "wait": 10},
                     }
                 },
             },
-            "responses": {"200": ok_doc("What the replay did", _SUMMARY), **_ADMIN_ERRORS},
-        }
+        )
     },
 }
 # The security scheme these paths name, for the published document's components.

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from api.coercion import CoercionError, coerce_value
+from api.definitions import Definition
+from api.emails import InvalidEmail, normalize_email
 from shared import errors
 from shared.clock import iso_ms, utcnow
-from shared.coercion import CoercionError, coerce_value
-from shared.definitions import Definition
-from shared.emails import InvalidEmail, normalize_email
 from shared.errors import ValidationFailed
 from shared.ids import new_id
 from shared.queue import Event

@@ -8,7 +8,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import make_url
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "alembic"
+# Inside the package (package data), so that an installed wheel finds them too.
+SCRIPTS = Path(__file__).resolve().parent / "migrations"
 
 
 def upgrade(database_url: str) -> None:

@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from the caller (shared.migrations) or the settings,
+"""Alembic environment: the URL comes from the caller (cli.migrate) or the settings,
 never from alembic.ini."""
 
 from __future__ import annotations

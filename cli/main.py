@@ -1,8 +1,9 @@
-"""The `eventpipe` command: migrations, projects and keys, and the API and worker processes.
+"""The `eventpipe` command: migrations, projects and keys, the operator tools, and the API
+and worker processes.
 
-The API and worker are imported only by their own subcommands, so `shared` depends on
-neither.
-"""
+The top of the import graph. The API and the worker are imported only by their own
+subcommands, so that `eventpipe worker` never loads Starlette and `eventpipe serve` never
+loads the worker."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from shared import opscli, store
+from api import store
+from cli import operations as opscli
 from shared.db import make_engine, transaction
 from shared.errors import EventpipeError
 from shared.logs import configure_logging
@@ -96,7 +98,7 @@ def _print(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> i
 
 
 def db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.migrations import upgrade
+    from cli.migrate import upgrade
 
     upgrade(settings.database_url)
     return 0
@@ -231,7 +233,7 @@ def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def run_all(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.devrun import run_pipeline
+    from cli.devrun import run_pipeline
 
     return run_pipeline(settings, args.host, args.port, args.processes, dev=not args.no_dev_project)
 

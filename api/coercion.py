@@ -11,9 +11,11 @@ NaN, infinities, ``OutOfRange`` numbers and anything else outside the rules rais
 import math
 import re
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from typing import Final
+
+from shared.clock import iso_ms, parse_rfc3339
 
 __all__ = ["PROPERTY_TYPES", "CoercionError", "coerce_suggested", "coerce_value"]
 
@@ -36,12 +38,6 @@ _BOOLEAN_TEXT: Final = {"true": True, "false": False, "1": True, "0": False}
 
 # [0-9] rather than \d, which also matches digits of other scripts ("١٢").
 _NUMBER_RE: Final = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_DATE_RE: Final = re.compile(
-    r"(?P<year>[0-9]{4})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})"
-    r"(?:[Tt ](?P<hour>[0-9]{2}):(?P<minute>[0-9]{2})"
-    r"(?::(?P<second>[0-9]{2})(?:\.(?P<fraction>[0-9]+))?)?"
-    r"(?P<offset>[Zz]|[+-][0-9]{2}:[0-9]{2})?)?"
-)
 
 
 class CoercionError(ValueError):
@@ -209,41 +205,14 @@ def _to_date(value: object) -> str:
         if number is None:
             raise CoercionError(_EXPECTED["date"])
         moment = _from_epoch(number)
-    return _format_date(moment)
+    return iso_ms(moment)
 
 
 def _parse_date_text(text: str) -> datetime:
-    # The regex, not datetime.fromisoformat, decides the syntax: fromisoformat also takes
-    # basic (20260508) and week (2026-W19) forms that are not RFC 3339.
-    match = _DATE_RE.fullmatch(text)
-    if match is None:
-        raise CoercionError(_EXPECTED["date"])
-    part = match.groupdict()
-    fraction = (part["fraction"] or "")[:6].ljust(6, "0")
     try:
-        moment = datetime(
-            int(part["year"]),
-            int(part["month"]),
-            int(part["day"]),
-            int(part["hour"] or 0),
-            int(part["minute"] or 0),
-            int(part["second"] or 0),
-            int(fraction),
-            tzinfo=_offset(part["offset"]),
-        )
-        return moment.astimezone(UTC)
-    except (ValueError, OverflowError) as exc:  # 2026-02-30, 25:00, year 0 or 10000 in UTC
+        return parse_rfc3339(text)
+    except ValueError as exc:  # 2026-02-30, 25:00, year 0 or 10000 in UTC, not RFC 3339
         raise CoercionError(_EXPECTED["date"]) from exc
-
-
-def _offset(text: str | None) -> timezone:
-    if text is None or text in ("Z", "z"):
-        return UTC
-    hours, minutes = int(text[1:3]), int(text[4:6])
-    if hours > 23 or minutes > 59:
-        raise CoercionError(_EXPECTED["date"])
-    delta = timedelta(hours=hours, minutes=minutes)
-    return timezone(-delta if text[0] == "-" else delta)
 
 
 def _from_epoch(number: int | float) -> datetime:
@@ -256,15 +225,6 @@ def _from_epoch(number: int | float) -> datetime:
         return _EPOCH + timedelta(milliseconds=floored)
     except OverflowError as exc:  # outside years 1..9999
         raise CoercionError(_EXPECTED["date"]) from exc
-
-
-def _format_date(moment: datetime) -> str:
-    # strftime("%Y") does not zero-pad years below 1000 on every platform.
-    return (
-        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
-        f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
-        f".{moment.microsecond // 1000:03d}Z"
-    )
 
 
 # --- shared ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """`eventpipe run`: the whole pipeline in one command, for a first try and for development.
 
-Starts, in order: a Redis of its own when no REDIS_URL is given (shared.embedded), the
+Starts, in order: a Redis of its own when no REDIS_URL is given (cli.embedded), the
 migrations, the `dev` project (first start), the worker processes and the API; then prints a
 working key and a ready-to-paste curl. Children run in their own sessions so a Ctrl-C reaches
 only this process, which stops them in order: the API first (no new events; waiting requests
@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from cli.devseed import ensure_dev_project, seed_curl
+from cli.embedded import EmbeddedRedis, find_server
+from cli.migrate import upgrade
 from shared.db import make_engine
-from shared.devseed import ensure_dev_project, seed_curl
-from shared.embedded import EmbeddedRedis, find_server
-from shared.migrations import upgrade
 from shared.settings import Settings
 
 STOP_TIMEOUT = 30.0
@@ -96,7 +96,7 @@ def _supervise(
     redis_server: EmbeddedRedis | None,
     api_key: str | None,
 ) -> int:
-    exe = [sys.executable, "-m", "shared.cli"]
+    exe = [sys.executable, "-m", "cli.main"]
     children = [Child("api", [*exe, "serve", "--host", host, "--port", str(port)], env)]
     if processes > 0:
         children.append(Child("workers", [*exe, "worker", "--processes", str(processes)], env))

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, select
 
-from shared import store
+from api import store
+from api.definitions import check_definition
+from api.keys import secret_matches, split_key
 from shared.db import transaction
-from shared.definitions import check_definition
-from shared.keys import secret_matches, split_key
 from shared.models import api_keys, projects
 
 DEV_PROJECT = "dev"

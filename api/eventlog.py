@@ -16,9 +16,9 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from api.coercion import CoercionError, parse_date
+from api.definitions import MAX_NAME_LENGTH, NAME_CHARS
 from shared.clock import aware, iso_ms
-from shared.coercion import CoercionError, parse_date
-from shared.definitions import MAX_NAME_LENGTH, NAME_CHARS
 from shared.errors import ValidationFailed
 from shared.models import events
 

@@ -1,93 +1,80 @@
-"""The endpoints. Each one: read and check the request, authenticate, do one thing, answer."""
+"""POST /v1/events/send and GET /v1/events/{eventId}: one event in, and where it is now.
+
+The send path: the body (api.http), the key (api.auth), the checks and coercion
+(api.schema), an idempotency claim (api.idempotency), then the group commit (api.committer)
+puts the event in Redis through the queue adapter (shared.queue) before the 202."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, cast
 
-import anyio.to_thread
 from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
-from sqlalchemy import Connection
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import idempotency
-from api.auth import authenticate
-from api.http import EVENT_ID, error_response, ok, parse_json, read_body
+from api import idempotency, store
+from api.apidoc import (
+    APPLIED,
+    ID,
+    IDEMPOTENCY_KEY,
+    PREFER,
+    REPLAYED,
+    SEND_BODY,
+    SEND_EXAMPLE,
+    SENDING,
+    STORED_EXAMPLE,
+    STORED_RECORD,
+    Schema,
+    body,
+    common,
+    error_doc,
+    ok_doc,
+    op,
+    path_param,
+    ref,
+)
+from api.http import (
+    authenticated,
+    error_response,
+    in_db_thread,
+    ok,
+    parse_json,
+    read_body,
+)
 from api.idempotency import Answer, Claim
+from api.observe import EVENT_ID, SEND_PATH
 from api.outcomes import Outcome, parse_prefer_wait
-from shared import failed, store
-from shared.db import transaction
+from api.schema import check_send
+from api.state import Resources, resources
+from ops.failed import forget_failed_jobs
+from shared.db import delete_failed, transaction
 from shared.errors import (
     EventpipeError,
     NotFound,
     QueueUnavailable,
-    ValidationFailed,
     contact_not_found_for_event,
 )
 from shared.ids import is_id
-from shared.queue import CONFIG_VERSION_KEY, FAILED_KEY, PENDING_KEY, Event, Record, read_payload
-from shared.schema import check_send
+from shared.models import failed_events
+from shared.queue import FAILED_KEY, PENDING_KEY, Event, Record, read_payload
 from shared.settings import MAX_SEND_BODY_BYTES
 
 log = logging.getLogger("eventpipe.api")
-T = TypeVar("T")
-Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-async def in_db_thread(request: Request, fn: Callable[[], T]) -> T:
-    """Run blocking store (or sync Redis) work in the bounded pool, off the event loop."""
-    return await anyio.to_thread.run_sync(fn, limiter=request.app.state.db_limiter)
-
-
-async def in_transaction(request: Request, fn: Callable[[Connection], T]) -> T:
-    """`fn` in one store transaction, on the bounded pool: the management endpoints' only way
-    to the store, so the send path (which never touches it) cannot queue behind them."""
-    engine = request.app.state.engine
-
-    def run() -> T:
-        with transaction(engine) as conn:
-            return fn(conn)
-
-    return await in_db_thread(request, run)
-
-
-def route(path: str, **handlers: Endpoint) -> Route:
-    """One route for all the methods of a path, so that a 405 lists them all in `Allow`
-    (separate Routes would each answer for their own method only)."""
-
-    async def dispatch(request: Request) -> Response:
-        method = "GET" if request.method == "HEAD" else request.method
-        return await handlers[method](request)
-
-    return Route(path, dispatch, methods=list(handlers))
-
-
-async def read_authenticated(request: Request, limit: int) -> tuple[str, Any]:
-    """The contract's order for every body: size (413), then the key (401), then JSON (400)."""
-    raw = await read_body(request, limit)
-    project_id = authenticate(request, request.app.state.cache)
-    return project_id, parse_json(raw)
-
-
-def json_object(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise ValidationFailed("Request body must be a JSON object")
-    return body
 
 
 # --- POST /v1/events/send --------------------------------------------------------------
 
 
 async def send_event(request: Request) -> Response:
-    state = request.app.state
+    state = resources(request)
     raw = await read_body(request, MAX_SEND_BODY_BYTES)
-    project_id = authenticate(request, state.cache)
+    project_id = authenticated(request)
     body = parse_json(raw)
     event = check_send(body, project_id, state.cache.definition_finder(project_id))
     request.scope[EVENT_ID] = event["id"]
@@ -113,7 +100,7 @@ async def send_event(request: Request) -> Response:
 
 
 async def enqueue(
-    state: Any,
+    state: Resources,
     count: int,
     claims: list[Claim],
     write: Callable[[list[Record]], Awaitable[None]],
@@ -149,10 +136,10 @@ def _replayed(answer: Answer, event: Event) -> Response:
 
 
 async def _when_done(
-    request: Request, event: Event, outcome: Any, wait: int, claim: Claim | None
+    request: Request, event: Event, outcome: asyncio.Future[Outcome], wait: int, claim: Claim | None
 ) -> Response:
     """AutoSend's synchronous answer once the worker is done, or the 202 after `wait` s."""
-    state = request.app.state
+    state = resources(request)
     try:
         done: Outcome = await asyncio.wait_for(asyncio.shield(outcome), wait)
     except TimeoutError:
@@ -174,13 +161,13 @@ async def _forget_failed(request: Request, event: Event) -> bool:
     """As AutoSend answers 404 having recorded nothing, remove what the worker recorded of
     the failure (store row, RQ failed job, failure count). False if that cannot be done now:
     the answer is then the 202, and the failure stays listed for replay."""
-    state = request.app.state
+    state = resources(request)
 
     def forget() -> None:
         with transaction(state.engine) as conn:
-            failed.delete_failed([event["id"]], conn=conn)
+            delete_failed(failed_events, [event["id"]], conn=conn)
         queue = state.queue
-        failed.forget_failed_jobs(queue.connection, queue, [event["id"]])
+        forget_failed_jobs(queue.connection, queue, [event["id"]])
         queue.connection.hincrby(FAILED_KEY, contact_not_found_for_event().code, -1)
 
     try:
@@ -195,7 +182,7 @@ async def _forget_failed(request: Request, event: Event) -> bool:
 
 
 async def get_event(request: Request) -> Response:
-    project_id = authenticate(request, request.app.state.cache)
+    project_id = authenticated(request)
     event_id = request.path_params["event_id"]
     if not is_id(event_id):
         raise _event_log_not_found()
@@ -208,7 +195,7 @@ def _event_log_not_found() -> NotFound:
 
 
 def _event_status(request: Request, project_id: str, event_id: str) -> dict[str, Any]:
-    engine = request.app.state.engine
+    engine = resources(request).engine
     with transaction(engine) as conn:
         outcome = store.find_outcome(project_id, event_id, conn=conn)
     if outcome is not None:
@@ -225,9 +212,10 @@ def _event_status(request: Request, project_id: str, event_id: str) -> dict[str,
 
 
 def _queued_event(request: Request, project_id: str, event_id: str) -> dict[str, Any] | None:
-    queue = request.app.state.queue
+    queue = resources(request).queue
     try:
-        job_id = queue.connection.hget(PENDING_KEY, event_id)
+        # redis-py types each command for its sync and async clients at once.
+        job_id = cast("bytes | None", queue.connection.hget(PENDING_KEY, event_id))
         if job_id is None:
             return None
         job = Job.fetch(job_id.decode(), connection=queue.connection, serializer=queue.serializer)
@@ -241,16 +229,72 @@ def _queued_event(request: Request, project_id: str, event_id: str) -> dict[str,
     return None
 
 
-# --- shared by the management endpoints ------------------------------------------------
+ROUTES = [
+    Route(SEND_PATH, send_event, methods=["POST"]),  # reached through the app's fast lane
+    Route("/v1/events/{event_id}", get_event, methods=["GET"]),
+]
 
 
-async def announce_config_change(request: Request) -> None:
-    """Tell every API process (through Redis) and this one (now) that the config changed."""
-    state = request.app.state
-    try:
-        await state.redis.incr(CONFIG_VERSION_KEY)
-    except RedisError:
-        log.warning(
-            "could not bump the config version; other processes reload within CONFIG_RELOAD_SECONDS"
+OPENAPI_PATHS: dict[str, Schema] = {
+    "/v1/events/send": {
+        "post": op(
+            "Send an event (asynchronous: 202 once it is durably queued)",
+            SENDING,
+            common(
+                (413, error_doc(413, "PAYLOAD_TOO_LARGE")),
+                (
+                    202,
+                    ok_doc(
+                        "Accepted and queued (or, with `Idempotent-Replayed: true`, the answer "
+                        "given to the first request with this Idempotency-Key)",
+                        ref("Event"),
+                        {**STORED_EXAMPLE, "contactId": None, "status": "queued"},
+                    )
+                    | {"headers": {"Idempotent-Replayed": REPLAYED, "Preference-Applied": APPLIED}},
+                ),
+                (
+                    400,
+                    error_doc(
+                        400,
+                        "VALIDATION_FAILED",
+                        "EMAIL_OR_CONTACT_ID_REQUIRED",
+                        "UNKNOWN_PROPERTY",
+                        "INVALID_PROPERTY_VALUE",
+                    ),
+                ),
+                (
+                    201,
+                    ok_doc(
+                        "With `Prefer: wait=N`: stored within N seconds (AutoSend's answer)",
+                        STORED_RECORD,
+                        {k: v for k, v in STORED_EXAMPLE.items() if k != "status"},
+                    )
+                    | {"headers": {"Preference-Applied": APPLIED, "Idempotent-Replayed": REPLAYED}},
+                ),
+                (
+                    404,
+                    error_doc(404, "EVENT_NOT_FOUND", "CONTACT_NOT_FOUND_FOR_EVENT")
+                    | {
+                        "description": "EVENT_NOT_FOUND; with `Prefer: wait=N`, "
+                        "CONTACT_NOT_FOUND_FOR_EVENT: no such contact, nothing recorded",
+                    },
+                ),
+                (409, error_doc(409, "IDEMPOTENCY_KEY_IN_USE")),
+                (422, error_doc(422, "IDEMPOTENCY_KEY_MISMATCH")),
+            ),
+            requestBody=body(SEND_BODY, SEND_EXAMPLE, MAX_SEND_BODY_BYTES),
+            parameters=[IDEMPOTENCY_KEY, PREFER],
         )
-    await state.cache.reload()
+    },
+    "/v1/events/{eventId}": {
+        "parameters": [path_param("eventId", ID, "The id the send answered")],
+        "get": op(
+            "An event's status: queued, stored (the stored record) or failed (with its error)",
+            SENDING,
+            common(
+                (200, ok_doc("The event", ref("Event"), STORED_EXAMPLE)),
+                (404, error_doc(404, "NOT_FOUND")),
+            ),
+        ),
+    },
+}

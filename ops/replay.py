@@ -26,8 +26,8 @@ import redis
 from rq import Queue
 from sqlalchemy import Connection, Engine, select
 
-from shared.db import transaction
-from shared.failed import FailedFilter, delete_failed, forget_failed_jobs, page_ascending
+from ops.failed import FailedFilter, forget_failed_jobs, page_ascending
+from shared.db import delete_failed, transaction
 from shared.models import events, failed_events
 from shared.queue import PENDING_KEY, JobWriter, new_replay_job_id
 from shared.settings import Settings
@@ -206,7 +206,7 @@ class Replayer:
         with transaction(self.engine) as conn:
             found = _stored_among(ids, conn=conn)
             if found and not dry_run:
-                delete_failed(sorted(found), conn=conn)
+                delete_failed(failed_events, sorted(found), conn=conn)
         if found and not dry_run:
             forget_failed_jobs(self.connection, self.queue, sorted(found))
         return found

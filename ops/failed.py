@@ -15,11 +15,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import redis
-from sqlalchemy import ColumnElement, Connection, Engine, Select, delete, func, select
+from sqlalchemy import ColumnElement, Connection, Engine, Select, func, select
 
-from shared.clock import aware, iso_ms, utcnow
-from shared.coercion import CoercionError, parse_date
-from shared.db import transaction
+from shared.clock import aware, iso_ms, parse_rfc3339, utcnow
+from shared.db import delete_failed, transaction
 from shared.errors import NotFound, ValidationFailed
 from shared.ids import is_id
 from shared.models import failed_event_attempts, failed_events
@@ -72,8 +71,8 @@ def parse_time(text: str, *, now: datetime | None = None) -> datetime:
         amount = timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
         return (now or utcnow()) - amount
     try:
-        return parse_date(text)  # the `date` type's rules: RFC 3339 only
-    except CoercionError as exc:
+        return parse_rfc3339(text)  # the `date` type's rules: RFC 3339 only
+    except ValueError as exc:
         raise ValidationFailed(
             f"{text!r} is not a time: use 2026-05-08, 2026-05-08T13:45:00Z or 2h (ago)"
         ) from exc
@@ -145,13 +144,6 @@ def show_failed(event_id: str, *, conn: Connection) -> dict[str, Any]:
     return {**failed_json(row), "payload": row.payload, "history": history}
 
 
-def delete_failed(ids: Sequence[str], *, conn: Connection) -> None:
-    """Drop failure records (their attempts go with them: ON DELETE CASCADE, which SQLite
-    enforces too, with the foreign keys shared.db turns on)."""
-    if ids:
-        conn.execute(delete(failed_events).where(failed_events.c.id.in_(ids)))
-
-
 def forget_failed_jobs(connection: redis.Redis, queue: Any, ids: Sequence[str]) -> None:
     """Remove the events' own failed jobs from RQ, so `rq requeue` cannot bring a purged
     event back. Only jobs RQ lists as failed: a job queued or running is left alone."""
@@ -180,7 +172,7 @@ def purge_failed(
     while True:
         with transaction(engine) as conn:
             ids = [r.id for r in page_ascending(flt, chunk, after=after, conn=conn)]
-            delete_failed(ids, conn=conn)
+            delete_failed(failed_events, ids, conn=conn)
         if not ids:
             return purged
         forget_failed_jobs(connection, queue, ids)

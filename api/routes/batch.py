@@ -18,12 +18,27 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api.http import JsonResponse, ok
+from api.apidoc import (
+    BATCH_EXAMPLE,
+    BATCH_RESULT,
+    SEND_EXAMPLE,
+    SENDING,
+    Schema,
+    body,
+    common,
+    error_doc,
+    obj,
+    ok_doc,
+    op,
+    ref,
+)
+from api.http import JsonResponse, ok, read_authenticated
 from api.idempotency import Answer, Claim, check_key, fingerprint
-from api.routes import enqueue, read_authenticated
+from api.routes.send import enqueue
+from api.schema import FindDefinition, check_send
+from api.state import resources
 from shared.errors import EventpipeError, ValidationFailed, idempotency_key_mismatch
 from shared.queue import Event
-from shared.schema import check_send
 from shared.settings import MAX_BATCH_BODY_BYTES
 
 MAX_ITEMS = 500
@@ -86,7 +101,7 @@ class Plan:
 
 
 async def send_batch(request: Request) -> Response:
-    state = request.app.state
+    state = resources(request)
     project_id, body = await read_authenticated(request, MAX_BATCH_BODY_BYTES)
     items = _items(body)
     receipts = Receipts(len(items))
@@ -124,7 +139,9 @@ def _items(body: Any) -> list[Any]:
     return events
 
 
-def _check_items(items: list[Any], project_id: str, finder: Any, receipts: Receipts) -> Plan:
+def _check_items(
+    items: list[Any], project_id: str, finder: FindDefinition, receipts: Receipts
+) -> Plan:
     plan = Plan()
     first_of: dict[str, tuple[int, str]] = {}  # key -> (first item, its fingerprint)
     for index, item in enumerate(items):
@@ -153,3 +170,87 @@ def _check_items(items: list[Any], project_id: str, finder: Any, receipts: Recei
 
 
 ROUTES = [Route("/v1/events/batch", send_batch, methods=["POST"])]
+
+
+OPENAPI_PATHS: dict[str, Schema] = {
+    "/v1/events/batch": {
+        "post": op(
+            f"Send 1..{MAX_ITEMS} events: a receipt for each, in request order",
+            SENDING,
+            common(
+                (413, error_doc(413, "PAYLOAD_TOO_LARGE")),
+                (
+                    202,
+                    ok_doc(
+                        "At least one item accepted or a duplicate",
+                        BATCH_RESULT,
+                        BATCH_EXAMPLE,
+                    ),
+                ),
+                (
+                    400,
+                    {
+                        "description": "No item accepted (the receipts say why), or no "
+                        f"`events` array of 1..{MAX_ITEMS} items: VALIDATION_FAILED",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "allOf": [
+                                        ref("Error"),
+                                        {
+                                            "properties": {
+                                                "error": {
+                                                    "properties": {
+                                                        "code": {"enum": ["VALIDATION_FAILED"]}
+                                                    }
+                                                },
+                                                "data": BATCH_RESULT,
+                                            }
+                                        },
+                                    ]
+                                },
+                                "example": {
+                                    "success": False,
+                                    "error": {
+                                        "message": "No event of the batch was accepted",
+                                        "code": "VALIDATION_FAILED",
+                                    },
+                                    "data": {
+                                        "receipts": [BATCH_EXAMPLE["receipts"][2]],
+                                        "accepted": 0,
+                                        "duplicates": 0,
+                                        "rejected": 1,
+                                    },
+                                },
+                            }
+                        },
+                    },
+                ),
+            ),
+            requestBody=body(
+                obj(
+                    {
+                        "events": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": MAX_ITEMS,
+                            "items": {
+                                "description": "The body of /v1/events/send, plus an optional "
+                                "`idempotencyKey` (the same namespace as the Idempotency-Key "
+                                "header); each item is checked on its own",
+                            },
+                        }
+                    },
+                    ["events"],
+                ),
+                {
+                    "events": [
+                        {**SEND_EXAMPLE, "idempotencyKey": "order-1001-completed"},
+                        {"eventName": "order_completed", "email": "bob@example.com"},
+                    ]
+                },
+                MAX_BATCH_BODY_BYTES,
+            ),
+        )
+    },
+}

@@ -1,0 +1,168 @@
+"""Health, readiness and Prometheus metrics of the API.
+
+/readyz says whether this process can accept events: Redis answers and keys and definitions
+are loaded. The store is left out on purpose: the send path does not touch it, so a store
+outage must not take the API out of a load balancer (stats and metrics report the store).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any, cast
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from redis.exceptions import RedisError, ResponseError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api.apidoc import OPERATIONS, error_doc, ok_doc, op
+from api.http import error_response, ok
+from api.state import resources
+from shared.errors import ServiceUnavailable
+from shared.metrics import registry
+from shared.queue import PENDING_KEY, queued_seconds
+
+
+async def healthz(request: Request) -> Response:
+    return ok({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    state = resources(request)
+    checks = {"redis": True, "config": state.cache.loaded}
+    try:
+        # redis-py types each command for its sync and async clients at once.
+        await cast("Awaitable[bool]", state.redis.ping())
+    except RedisError:
+        checks["redis"] = False
+    if all(checks.values()):
+        return ok({"status": "ready", "checks": checks})
+    failing = ", ".join(name for name, passed in checks.items() if not passed)
+    return error_response(request, ServiceUnavailable(f"Not ready: {failing}"))
+
+
+async def metrics(request: Request) -> Response:
+    combined = registry()
+    text = generate_latest(combined)
+    try:
+        figures = {"redis_up": 1.0, **await _queue_figures(request)}
+    except RedisError:
+        figures = {"redis_up": 0.0}  # the process metrics are still worth a scrape
+    text += generate_latest(_QueueCollector(figures))
+    return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+
+async def _queue_figures(request: Request) -> dict[str, float]:
+    """Read per scrape, from Redis: the same for every API process, so not a per-process
+    metric (adding them up across processes would be wrong)."""
+    state = resources(request)
+    queue = state.queue
+    async with state.redis.pipeline(transaction=False) as pipe:
+        pipe.hlen(PENDING_KEY)
+        pipe.llen(queue.key)
+        pipe.lindex(queue.key, 0)
+        pipe.zcard(queue.failed_job_registry.key)
+        pipe.dbsize()
+        events, jobs, head, failed_jobs, keys = await pipe.execute()
+    try:
+        memory = await state.redis.info("memory")
+    except ResponseError:  # a server or proxy that refuses INFO: no memory figures
+        memory = {}
+    age = 0.0
+    if head is not None:
+        prefix = queue.job_class.redis_job_namespace_prefix
+        enqueued_at = state.redis.hget(prefix + head.decode(), "enqueued_at")
+        age = queued_seconds(await cast("Awaitable[bytes | None]", enqueued_at)) or 0
+    return {
+        "queue_events": float(events),
+        "queue_jobs": float(jobs),
+        "queue_oldest_age_seconds": max(age, 0.0),
+        "failed_jobs": float(failed_jobs),
+        "redis_keys": float(keys),
+        "redis_used_memory_bytes": float(memory.get("used_memory", 0)),
+        "redis_max_memory_bytes": float(memory.get("maxmemory", 0)),
+    }
+
+
+_HELP = {
+    "redis_up": "1 when this API process reached Redis for this scrape",
+    "queue_events": "Events accepted and not yet stored or failed",
+    "queue_jobs": "Jobs waiting in the queue",
+    "queue_oldest_age_seconds": "Seconds the oldest waiting job has been queued (0: none)",
+    "failed_jobs": "Jobs in RQ's failed registry",
+    "redis_keys": "Keys in eventpipe's Redis database (DBSIZE): with Idempotency-Key in use, "
+    "the keys held are most of them (counting them exactly would need a SCAN per scrape)",
+    "redis_used_memory_bytes": "Redis used_memory",
+    "redis_max_memory_bytes": "Redis maxmemory (0: no limit)",
+}
+
+
+class _QueueCollector:
+    def __init__(self, figures: dict[str, float]) -> None:
+        self._figures = figures
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        return [
+            GaugeMetricFamily(f"eventpipe_{name}", _HELP[name], value=value)
+            for name, value in self._figures.items()
+        ]
+
+
+ROUTES = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]
+
+
+def _status(description: str, example: dict[str, Any]) -> dict[str, Any]:
+    data = {
+        "type": "object",
+        "properties": {
+            "status": {"type": "string"},
+            "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        },
+        "required": ["status"],
+    }
+    return ok_doc(description, data, example)
+
+
+OPENAPI_PATHS: dict[str, Any] = {
+    "/healthz": {
+        "get": op(
+            "The process is alive",
+            OPERATIONS,
+            {"200": _status("Alive", {"status": "ok"})},
+            security=[],
+        )
+    },
+    "/readyz": {
+        "get": op(
+            "The process can accept events (Redis reachable, keys and definitions loaded); "
+            "the store is not checked",
+            OPERATIONS,
+            {
+                "200": _status(
+                    "Ready", {"status": "ready", "checks": {"redis": True, "config": True}}
+                ),
+                "503": error_doc(503, "SERVICE_UNAVAILABLE", description="Not ready: redis"),
+            },
+            security=[],
+        )
+    },
+    "/metrics": {
+        "get": op(
+            "Prometheus metrics (text format), every API process of this server",
+            OPERATIONS,
+            {
+                "200": {
+                    "description": "Prometheus text exposition format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+            security=[],
+        )
+    },
+}

@@ -1,0 +1,147 @@
+"""The resources of one API process, typed, opened by the lifespan and closed after it.
+
+Endpoints reach them with `resources(request)`; nothing else of the process lives in
+Starlette's untyped `app.state`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass
+
+import anyio
+import anyio.to_thread
+import redis
+import redis.asyncio as aioredis
+from rq import Queue
+from sqlalchemy import Engine
+from starlette.requests import Request
+
+from api import observe, store
+from api.backlog import Backlog
+from api.committer import GroupCommitter, Linger
+from api.config_cache import ConfigCache
+from api.idempotency import Idempotency
+from api.outcomes import Outcomes
+from shared.db import make_engine, transaction
+from shared.queue import (
+    Event,
+    JobWriter,
+    Record,
+    check_fsync_support,
+    connect_redis,
+    enqueue_function,
+    make_queue,
+    quick_async_retry,
+)
+from shared.settings import Settings
+
+
+@dataclass(frozen=True)
+class Clients:
+    """Redis clients handed in by tests (fakeredis); None: made from REDIS_URL."""
+
+    redis: redis.Redis | None = None
+    async_redis: aioredis.Redis | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    settings: Settings
+    engine: Engine
+    queue: Queue
+    redis: aioredis.Redis
+    db_limiter: anyio.CapacityLimiter  # management endpoints' store work, off the loop
+    replay_limiter: anyio.CapacityLimiter  # POST /v1/admin/replay, one at a time
+    cache: ConfigCache
+    committer: GroupCommitter
+    idempotency: Idempotency
+    backlog: Backlog
+    outcomes: Outcomes
+
+
+def resources(request: Request) -> Resources:
+    found: Resources = request.app.state.resources
+    return found
+
+
+async def open_resources(settings: Settings, clients: Clients) -> Resources:
+    engine = make_engine(settings)
+    queue = make_queue(settings, clients.redis or connect_redis(settings))
+    redis_ = clients.async_redis or aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_seconds,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+        retry=quick_async_retry(),
+    )
+    db_limiter = anyio.CapacityLimiter(settings.db_threads)
+    if settings.redis_durability == "fsync":  # refuse to start rather than promise in vain
+        await check_fsync_support(redis_)
+    found = Resources(
+        settings=settings,
+        engine=engine,
+        queue=queue,
+        redis=redis_,
+        db_limiter=db_limiter,
+        replay_limiter=anyio.CapacityLimiter(1),
+        cache=ConfigCache(
+            lambda: anyio.to_thread.run_sync(_load_snapshot, engine, limiter=db_limiter),
+            redis_,
+            settings.config_poll_seconds,
+            settings.config_reload_seconds,
+        ),
+        committer=_committer(settings, JobWriter(queue, settings), redis_),
+        idempotency=Idempotency(
+            redis_, settings.idempotency_claim_seconds, settings.idempotency_ttl_seconds
+        ),
+        backlog=Backlog(redis_, settings.max_queued_events, settings.backlog_poll_seconds),
+        outcomes=Outcomes(clients.async_redis or _subscriber(settings)),
+    )
+    await found.cache.start()
+    await found.outcomes.start()
+    await found.backlog.start()
+    return found
+
+
+async def close_resources(found: Resources) -> None:
+    # Requests still waiting on a group get their answer before the process exits.
+    await found.committer.close()
+    await found.backlog.stop()
+    await found.cache.stop()
+    await found.outcomes.stop()
+    await found.redis.aclose()
+    found.queue.connection.close()
+    found.engine.dispose()
+
+
+def _committer(settings: Settings, writer: JobWriter, redis_: aioredis.Redis) -> GroupCommitter:
+    enqueue = enqueue_function(settings)
+
+    def write(events: list[Event], records: list[Record]) -> Awaitable[str]:
+        return enqueue(writer, redis_, events, records)
+
+    return GroupCommitter(
+        observe.instrument_enqueue(write),
+        Linger(
+            settings.group_target_events,
+            settings.group_linger_ms / 1000,
+            settings.group_max_linger_ms / 1000,
+        ),
+        settings.group_max_events,
+        settings.group_max_bytes,
+    )
+
+
+def _subscriber(settings: Settings) -> aioredis.Redis:
+    """The pub/sub connection of `Prefer: wait`: no read timeout (it waits for messages by
+    design), keepalive so that a dead peer is noticed."""
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+        socket_keepalive=True,
+    )
+
+
+def _load_snapshot(engine: Engine) -> store.ConfigSnapshot:
+    with transaction(engine) as conn:
+        return store.load_snapshot(conn=conn)

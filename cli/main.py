@@ -40,6 +40,17 @@ def _parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="database migrations").add_subparsers(required=True)
     db.add_parser("upgrade", help="migrate to the newest schema").set_defaults(handler=db_upgrade)
+    revision = db.add_parser(
+        "revision", help="maintainers: write the next migration (from a checkout)"
+    )
+    revision.add_argument("-m", "--message", required=True, help="what the migration does")
+    revision.add_argument(
+        "--empty",
+        action="store_true",
+        help="an empty script to fill in, instead of the difference between "
+        "shared/models.py and the database at DATABASE_URL (migrated to head)",
+    )
+    revision.set_defaults(handler=db_revision)
 
     projects = sub.add_parser("projects", help="projects").add_subparsers(required=True)
     create = projects.add_parser("create", help="create a project and its first key")
@@ -101,6 +112,14 @@ def db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     from cli.migrate import upgrade
 
     upgrade(settings.database_url)
+    return 0
+
+
+def db_revision(args: argparse.Namespace, settings: Settings) -> int:
+    from cli.migrate import revision
+
+    path = revision(settings.database_url, args.message, autogenerate=not args.empty)
+    print(f"wrote {path}: review it, then `make test`")
     return 0
 
 

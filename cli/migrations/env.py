@@ -17,11 +17,18 @@ def run_migrations() -> None:
     url = context.config.attributes.get("database_url")
     engine = make_engine(replace(settings, database_url=url) if url else settings)
     with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            # The API's statement_timeout would cut an index build on a large table short.
+            conn.exec_driver_sql("SET statement_timeout = 0")
+            conn.commit()
         context.configure(
             connection=conn,
             target_metadata=metadata,
             # SQLite cannot ALTER most things: batch mode rebuilds the table instead.
             render_as_batch=conn.dialect.name == "sqlite",
+            # Each revision commits on its own: one that builds an index outside a
+            # transaction (CONCURRENTLY) leaves the ones before it recorded as done.
+            transaction_per_migration=True,
         )
         with context.begin_transaction():
             context.run_migrations()

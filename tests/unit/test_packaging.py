@@ -8,22 +8,28 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("api", "worker", "shared", "ops", "cli")
 
 
-def build_wheel(out: Path) -> Path:
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
+    """Built as .ci/run builds it: offline, with the locked build backend."""
+    out = tmp_path_factory.mktemp("dist")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "-w", str(out), str(ROOT)],
         check=True,
         capture_output=True,
-    )
-    (wheel,) = out.glob("eventpipe-*.whl")
-    return wheel
+    )  # fmt: skip
+    (path,) = out.glob("eventpipe-*.whl")
+    return zipfile.ZipFile(path)
 
 
-def test_the_wheel_holds_every_package_module_and_migration(tmp_path: Path) -> None:
-    names = set(zipfile.ZipFile(build_wheel(tmp_path)).namelist())
+def test_the_wheel_holds_every_package_module_and_migration(wheel: zipfile.ZipFile) -> None:
+    names = set(wheel.namelist())
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
             if "migrations" in path.parts or any(
@@ -36,7 +42,6 @@ def test_the_wheel_holds_every_package_module_and_migration(tmp_path: Path) -> N
     assert not any(name.startswith(("tests/", "bench/")) for name in names)
 
 
-def test_the_console_script_is_the_command_line(tmp_path: Path) -> None:
-    wheel = zipfile.ZipFile(build_wheel(tmp_path))
+def test_the_console_script_is_the_command_line(wheel: zipfile.ZipFile) -> None:
     (entry_points,) = [n for n in wheel.namelist() if n.endswith("entry_points.txt")]
     assert "eventpipe = cli.main:main" in wheel.read(entry_points).decode()

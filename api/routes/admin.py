@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from typing import Any
 
 import anyio.to_thread
@@ -18,7 +19,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api.apidoc import OPERATIONS, error_doc, obj, ok_doc, op, query_param
-from api.http import in_transaction, json_object, ok, parse_json, read_body
+from api.http import (
+    check_declared_size,
+    in_transaction,
+    json_object,
+    ok,
+    parse_json,
+    read_body,
+)
 from api.state import resources
 from ops import failed as failed_mod
 from shared.errors import QueueUnavailable, Unauthorized, ValidationFailed
@@ -29,6 +37,9 @@ MAX_WAIT_SECONDS = 30.0
 # How long a replay through the API waits for the backlog to make room before it stops
 # (answering what it did, `interrupted`); the CLI waits as long as it takes.
 ROOM_WAIT_SECONDS = 30.0
+# The filters are names, codes and ids: anything longer is no filter of ours.
+MAX_FILTER_CHARS = 200
+_DIGITS = re.compile(r"[0-9]{1,10}")
 
 
 def check_operator(request: Request) -> None:
@@ -47,8 +58,10 @@ def _text(source: dict[str, Any], name: str) -> str | None:
     value = source.get(name)
     if value is None or value == "":
         return None
-    if not isinstance(value, str):
-        raise ValidationFailed(f"{name} must be a string")
+    if not isinstance(value, str) or len(value) > MAX_FILTER_CHARS or "\x00" in value:
+        raise ValidationFailed(
+            f"{name} must be a string of at most {MAX_FILTER_CHARS} characters, without NUL"
+        )
     return value
 
 
@@ -61,7 +74,7 @@ def _int(source: dict[str, Any], name: str, default: int | None, top: int | None
     value = source.get(name)
     if value is None or value == "":
         return default
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and _DIGITS.fullmatch(value):  # ASCII, bounded: int() is safe
         value = int(value)
     if type(value) is not int or value < 1 or (top is not None and value > top):
         raise ValidationFailed(f"{name} must be an integer from 1" + (f" to {top}" if top else ""))
@@ -102,6 +115,7 @@ async def list_failed(request: Request) -> Response:
 
 
 async def replay(request: Request) -> Response:
+    check_declared_size(request, MAX_BODY_BYTES)
     check_operator(request)
     body = json_object(parse_json(await read_body(request, MAX_BODY_BYTES)))
     ids = body.get("ids") or []

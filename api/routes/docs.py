@@ -54,7 +54,7 @@ async def docs(request: Request) -> Response:
     return HTMLResponse(DOCS_PAGE)
 
 
-ROUTES = [
+ROUTES: list[Route | Mount] = [
     Route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False),
     Route("/docs", docs, methods=["GET"], include_in_schema=False),
     Mount("/docs/static", StaticFiles(directory=STATIC), name="docs-static"),

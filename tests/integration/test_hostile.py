@@ -1,0 +1,144 @@
+"""The hostile-input corpus (tests/hostile.py) against a real uvicorn server, and what only the
+HTTP server sees: oversized request lines and headers, and a declared size it must refuse
+before the body arrives."""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from cli.httpserver import MAX_HEAD_BYTES, MAX_HEADERS, MAX_URL_BYTES
+from tests.factories import CONTACT, DEFINITION
+from tests.hostile import CORPUS, KEY, OPERATOR, OPERATOR_TOKEN, Case, run_corpus
+from tests.integration.services import Proc, start_api
+from tests.integration.test_pipeline import auth, new_project
+
+CHUNK = 16 * 1024
+
+
+@pytest.fixture
+def server(env: dict[str, str], procs_cleanup: list[Proc]) -> Iterator[tuple[str, str]]:
+    """(base URL, project key) of a running API with the admin API on."""
+    project = new_project(env)
+    proc, base = start_api({**env, "OPERATOR_TOKEN": OPERATOR_TOKEN})
+    procs_cleanup.append(proc)
+    yield base, project["apiKey"]
+
+
+def test_the_corpus_gets_4xx_from_a_real_server(server: tuple[str, str]) -> None:
+    base, key = server
+    tokens = {KEY: f"Bearer {key}", OPERATOR: f"Bearer {OPERATOR_TOKEN}"}
+    with httpx.Client(base_url=base, timeout=30) as http:
+        assert http.post("/v1/events", json=DEFINITION, headers=auth(key)).status_code == 201
+        made = http.post("/v1/contacts", json={"email": CONTACT}, headers=auth(key))
+        contact_id = made.json()["data"]["id"]
+
+        def send(item: Case) -> tuple[int, str]:
+            headers = dict(item.headers)
+            if item.auth is not None:
+                headers[b"Authorization"] = tokens[item.auth].encode()
+            r = http.request(
+                item.method,
+                item.path.format(contact=contact_id),
+                content=item.body,
+                headers=headers,
+            )
+            return r.status_code, r.text
+
+        assert run_corpus(send) == len(CORPUS)
+        assert http.get("/healthz").status_code == 200  # and the server is still fine
+
+
+def _stream(base: str, head: bytes, filler: bytes, total: int) -> tuple[bytes, int]:
+    """Send `head`, then up to `total` bytes of `filler` in small writes, watching for an
+    answer after each; (the answer, the bytes sent when it came)."""
+    address = urlsplit(base)
+    sent = 0
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.sendall(head)
+        try:
+            while sent < total:
+                sock.sendall(filler * (CHUNK // len(filler)))
+                sent += CHUNK
+                if select.select([sock], [], [], 0.02)[0]:
+                    break
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server closed first: what it answered is still read below
+        return _read_answer(sock), sent
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    answer = b""
+    deadline = time.monotonic() + 10
+    try:
+        while time.monotonic() < deadline:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return answer
+
+
+def test_a_64_mb_header_is_431_once_the_head_passes_its_limit(server: tuple[str, str]) -> None:
+    base, _ = server
+    answer, sent = _stream(base, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Junk: ", b"a", 64 << 20)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert b'"code":"HEADERS_TOO_LARGE"' in answer
+    # Refused after its limit and at most one more read (256 KB), not after 64 MB.
+    assert sent < MAX_HEAD_BYTES + (1 << 20), sent
+
+
+def test_a_64_mb_url_is_414_once_it_passes_its_limit(server: tuple[str, str]) -> None:
+    base, _ = server
+    answer, sent = _stream(base, b"GET /healthz?", b"a", 64 << 20)
+    assert answer.startswith(b"HTTP/1.1 414"), answer[:200]
+    assert b'"code":"URI_TOO_LONG"' in answer
+    assert sent < MAX_URL_BYTES + (1 << 20), sent
+
+
+def test_too_many_headers_is_431(server: tuple[str, str]) -> None:
+    base, key = server
+    headers = {f"X-H{i}": "1" for i in range(MAX_HEADERS + 1)}
+    r = httpx.get(f"{base}/healthz", headers=headers)
+    assert r.status_code == 431 and r.json()["error"]["code"] == "HEADERS_TOO_LARGE"
+    fine = {f"X-H{i}": "1" for i in range(MAX_HEADERS - 10)}
+    assert httpx.get(f"{base}/healthz", headers=fine).status_code == 200
+
+
+def test_a_declared_size_over_the_limit_is_413_before_the_body_comes(
+    server: tuple[str, str],
+) -> None:
+    """Content-Length: 50 MB with gzip, and 2 bytes sent: the answer comes at once."""
+    base, _ = server
+    address = urlsplit(base)
+    head = (
+        b"POST /v1/events/send HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 50000000\r\n\r\n\x1f\x8b"
+    )
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.sendall(head)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"PAYLOAD_TOO_LARGE" in answer
+
+
+@pytest.mark.parametrize("declared", [b"\xb2", b"\xd9\xa3", b"9" * 5000])
+def test_a_malformed_content_length_is_400_in_the_envelope(
+    server: tuple[str, str], declared: bytes
+) -> None:
+    base, _ = server
+    address = urlsplit(base)
+    head = b"POST /v1/events/send HTTP/1.1\r\nHost: x\r\nContent-Length: " + declared
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.sendall(head + b"\r\n\r\n{}")
+        answer = _read_answer(sock)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b'"success":false' in answer

@@ -323,6 +323,10 @@ def _admin() -> list[Case]:
         "limit=²": {"all": True, "limit": "²", "dryRun": True},
         "code with NUL": {"code": "a\u0000b", "dryRun": True},
         "eventName with NUL": {"eventName": "\u0000", "dryRun": True},
+        "limit as digits": {"all": True, "limit": "5", "dryRun": True},  # a JSON integer, or none
+        "dryRun of 0": {"all": True, "dryRun": 0},  # 0 == False in Python: not a boolean here
+        "all of 1": {"all": 1, "dryRun": True},
+        "ids of {}": {"ids": {}, "code": "X", "dryRun": True},  # falsy, still not an array
     }
     posts = [
         case(f"admin replay {n}", "POST", "/v1/admin/replay", 400, b, auth=OPERATOR)

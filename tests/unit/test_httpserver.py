@@ -81,24 +81,25 @@ async def test_a_normal_request_is_served(
     assert not transport.closed
 
 
-async def test_a_long_url_is_414_once_it_passes_the_limit(
+@pytest.mark.parametrize(
+    ("request_start", "status", "code", "limit"),
+    [
+        (b"GET /?", 414, "URI_TOO_LONG", MAX_URL_BYTES),
+        (b"GET / HTTP/1.1\r\nX-Junk: ", 431, "HEADERS_TOO_LARGE", MAX_HEAD_BYTES),
+    ],
+)
+async def test_8_mb_of_url_or_header_is_refused_once_past_its_limit(
     connection: tuple[BoundedHttpToolsProtocol, Transport],
+    request_start: bytes,
+    status: int,
+    code: str,
+    limit: int,
 ) -> None:
     protocol, transport = connection
-    fed = feed(protocol, transport, b"GET /?" + b"a" * (8 << 20) + b" HTTP/1.1\r\n\r\n")
-    assert transport.written.startswith(b"HTTP/1.1 414")
-    assert b'"code":"URI_TOO_LONG"' in transport.written and transport.closed
-    assert fed <= MAX_URL_BYTES + 16384
-
-
-async def test_a_huge_header_is_431_once_the_head_passes_the_limit(
-    connection: tuple[BoundedHttpToolsProtocol, Transport],
-) -> None:
-    protocol, transport = connection
-    fed = feed(protocol, transport, b"GET / HTTP/1.1\r\nX-Junk: " + b"a" * (8 << 20))
-    assert transport.written.startswith(b"HTTP/1.1 431")
-    assert b'"code":"HEADERS_TOO_LARGE"' in transport.written and transport.closed
-    assert fed <= MAX_HEAD_BYTES + 16384
+    fed = feed(protocol, transport, request_start + b"a" * (8 << 20))
+    assert transport.written.startswith(b"HTTP/1.1 %d" % status)
+    assert b'"code":"%s"' % code.encode() in transport.written and transport.closed
+    assert fed <= limit + 16384
 
 
 async def test_a_head_read_in_one_large_piece_is_measured_exactly(

@@ -224,3 +224,13 @@ def test_the_limit_is_within_what_the_fingerprint_can_encode() -> None:
     assert jsonio.canonical(deepest)
     with pytest.raises(ValueError):
         jsonio.canonical(_nest(300))
+
+
+def test_check_depth_walks_containers_to_the_limit() -> None:
+    jsonio.check_depth(_nest(jsonio.MAX_DEPTH))
+    jsonio.check_depth({"a": [{"b": _nest(jsonio.MAX_DEPTH - 3)}]})
+    for deep in (_nest(jsonio.MAX_DEPTH + 1), {"a": [{"b": _nest(jsonio.MAX_DEPTH - 2)}]}):
+        with pytest.raises(jsonio.TooDeep):
+            jsonio.check_depth(deep)
+    with pytest.raises(jsonio.TooDeep):
+        jsonio.check_depth(_nest(100_000))  # not recursive

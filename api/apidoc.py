@@ -6,8 +6,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.contacts import MAX_EMAILS
-from api.definitions import MAX_NAME_LENGTH
+from api.contacts import (
+    MAX_CUSTOM_FIELDS,
+    MAX_CUSTOM_KEY,
+    MAX_CUSTOM_VALUE,
+    MAX_EMAILS,
+    MAX_TEXT,
+)
+from api.definitions import (
+    MAX_DESCRIPTION_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_SUGGESTED_BYTES,
+    MAX_SUGGESTED_VALUES,
+)
 from shared.settings import (
     MAX_BODY_BYTES,
     MAX_DEFINITIONS_PER_PROJECT,
@@ -134,6 +145,8 @@ EVENT_NAME: Schema = {
 }
 SCALAR: Schema = {"type": ["string", "number", "boolean"]}
 NULLABLE_TEXT: Schema = {"type": ["string", "null"]}
+DESCRIPTION: Schema = {"type": ["string", "null"], "maxLength": MAX_DESCRIPTION_LENGTH}
+CONTACT_TEXT: Schema = {"type": ["string", "null"], "maxLength": MAX_TEXT}
 EMAIL: Schema = {
     "type": "string",
     "format": "email",
@@ -145,7 +158,11 @@ PROPERTY = obj(
         "propertyName": EVENT_NAME,
         "type": {"enum": ["string", "number", "date", "boolean"]},
         "description": NULLABLE_TEXT,
-        "suggestedValues": {"type": "array", "items": {"type": ["string", "number", "boolean"]}},
+        "suggestedValues": {
+            "type": "array",
+            "maxItems": MAX_SUGGESTED_VALUES,
+            "items": {"type": ["string", "number", "boolean"]},
+        },
     },
     ["propertyName", "type", "description", "suggestedValues"],
 )
@@ -153,11 +170,13 @@ PROPERTY_INPUT = obj(
     {
         "propertyName": EVENT_NAME | {"minLength": 1},
         "type": {"enum": ["string", "number", "date", "boolean"]},
-        "description": NULLABLE_TEXT,
+        "description": DESCRIPTION,
         "suggestedValues": {
             "description": "An array, or a comma-separated string; each value is trimmed and "
-            "coerced to the declared type.",
+            f"coerced to the declared type. At most {MAX_SUGGESTED_VALUES} values, and at most "
+            f"{MAX_SUGGESTED_BYTES} bytes once coerced (as JSON).",
             "type": ["array", "string", "null"],
+            "maxItems": MAX_SUGGESTED_VALUES,
         },
     },
     ["propertyName", "type"],
@@ -270,10 +289,18 @@ CONTACT_EXAMPLE = {
 CONTACT_INPUT = obj(
     {
         "email": EMAIL,
-        "firstName": NULLABLE_TEXT,
-        "lastName": NULLABLE_TEXT,
-        "userId": NULLABLE_TEXT,
-        "customFields": {"type": ["object", "null"], "additionalProperties": SCALAR},
+        "firstName": CONTACT_TEXT,
+        "lastName": CONTACT_TEXT,
+        "userId": CONTACT_TEXT,
+        "customFields": {
+            "type": ["object", "null"],
+            "maxProperties": MAX_CUSTOM_FIELDS,
+            "propertyNames": {"maxLength": MAX_CUSTOM_KEY},
+            "additionalProperties": SCALAR | {"maxLength": MAX_CUSTOM_VALUE},
+            "description": f"Merged into the stored ones by an upsert; at most "
+            f"{MAX_CUSTOM_FIELDS} fields, also once merged (400 otherwise), names of at most "
+            f"{MAX_CUSTOM_KEY} characters, string values of at most {MAX_CUSTOM_VALUE}",
+        },
     },
     ["email"],
 )
@@ -417,7 +444,7 @@ CONTACT_OK = ok_doc("The contact", ref("Contact"), CONTACT_EXAMPLE)
 
 DEFINITION_PATCH = obj(
     {
-        "description": NULLABLE_TEXT,
+        "description": DESCRIPTION,
         "properties": {
             "type": ["array", "null"],
             "maxItems": MAX_PROPERTIES_PER_DEFINITION,
@@ -429,7 +456,7 @@ DEFINITION_PATCH = obj(
 DEFINITION_INPUT = obj(
     {
         "eventName": {"type": "string"},
-        "description": NULLABLE_TEXT,
+        "description": DESCRIPTION,
         "properties": {
             "type": ["array", "null"],
             "maxItems": MAX_PROPERTIES_PER_DEFINITION,

@@ -9,7 +9,9 @@ from shared.errors import ValidationFailed
 
 TEXT_FIELDS = {"firstName": "first_name", "lastName": "last_name", "userId": "user_id"}
 MAX_TEXT = 200
-MAX_CUSTOM_FIELDS = 100
+MAX_CUSTOM_FIELDS = 100  # per request, and on a contact after merging (api/store.py)
+MAX_CUSTOM_KEY = 100  # characters of a custom field's name
+MAX_CUSTOM_VALUE = 1000  # characters of a custom field's string value
 MAX_EMAILS = 1000  # POST /v1/contacts/search/emails and /remove
 MAX_BULK_CONTACTS = 100  # POST /v1/contacts/bulk-update
 
@@ -50,11 +52,20 @@ def _check_custom_fields(value: Any) -> dict[str, Any]:
             "customFields", f"customFields must be an object of at most {MAX_CUSTOM_FIELDS} keys"
         )
     for key, item in value.items():
+        if len(key) > MAX_CUSTOM_KEY:
+            raise _fail(
+                "customFields", f"custom field names must be at most {MAX_CUSTOM_KEY} characters"
+            )
         if not isinstance(item, str | int | float | bool) or (
             isinstance(item, float) and item != item
         ):
             raise _fail(
                 f"customFields.{key}", "custom field values must be strings, numbers or booleans"
+            )
+        if isinstance(item, str) and len(item) > MAX_CUSTOM_VALUE:
+            raise _fail(
+                f"customFields.{key}",
+                f"custom field values must be at most {MAX_CUSTOM_VALUE} characters",
             )
     return dict(value)
 

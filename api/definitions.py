@@ -8,12 +8,18 @@ from datetime import datetime
 from typing import Any
 
 from api.coercion import PROPERTY_TYPES, CoercionError, coerce_suggested
+from shared import jsonio
 from shared.errors import EventpipeError, ValidationFailed
 from shared.settings import MAX_PROPERTIES_PER_DEFINITION
 
 NAME_CHARS = re.compile(r"[A-Za-z0-9_]+")
 MAX_NAME_LENGTH = 64
 MAX_DESCRIPTION_LENGTH = 1000
+# Every API process holds every definition in memory, and GET /v1/events answers them all:
+# a property's suggestions are a short list for a UI, not a data set. With 50 properties a
+# definition holds at most 200 KB of them.
+MAX_SUGGESTED_VALUES = 100
+MAX_SUGGESTED_BYTES = 4096  # the coerced list, as JSON
 
 
 @dataclass(frozen=True)
@@ -153,15 +159,25 @@ def _check_property(
         return None
     desc = item.get("description")
     if desc is not None and (not isinstance(desc, str) or len(desc) > MAX_DESCRIPTION_LENGTH):
-        fail(".description", "description must be a string")
+        fail(
+            ".description",
+            f"description must be a string of at most {MAX_DESCRIPTION_LENGTH} chars",
+        )
+        return None
+    raw = item.get("suggestedValues")
+    if _suggested_count(raw) > MAX_SUGGESTED_VALUES:  # before coercing: counting is cheap
+        fail(".suggestedValues", f"at most {MAX_SUGGESTED_VALUES} suggested values are allowed")
         return None
     try:
-        suggested = coerce_suggested(prop_type, item.get("suggestedValues"))
+        suggested = coerce_suggested(prop_type, raw)
     except CoercionError as exc:
         fail(".suggestedValues", f"each suggested value must be {exc.expected}")
         return None
     except ValueError:
         fail(".suggestedValues", "suggestedValues must be an array or a comma-separated string")
+        return None
+    if len(jsonio.dumps(suggested)) > MAX_SUGGESTED_BYTES:
+        fail(".suggestedValues", f"suggestedValues must be at most {MAX_SUGGESTED_BYTES} bytes")
         return None
     return {
         "propertyName": name,
@@ -169,3 +185,9 @@ def _check_property(
         "description": desc,
         "suggestedValues": suggested,
     }
+
+
+def _suggested_count(raw: Any) -> int:
+    if isinstance(raw, str):
+        return raw.count(",") + 1
+    return len(raw) if isinstance(raw, list) else 0

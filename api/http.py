@@ -4,6 +4,7 @@ errors (for Starlette's handlers and the send fast lane alike), and reaching the
 from __future__ import annotations
 
 import logging
+import re
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -12,7 +13,7 @@ import anyio.to_thread
 from redis.exceptions import RedisError
 from sqlalchemy import Connection
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -57,26 +58,35 @@ def error_response(request: Request, exc: EventpipeError) -> JsonResponse:
     return JsonResponse(exc.to_body(), status_code=exc.status, headers=headers)
 
 
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def check_declared_size(request: Request, limit: int) -> None:
+    """413 at once for a Content-Length over `limit`, whatever the encoding (compressed bytes
+    count against the limit too): before the key is checked, and before the body is read."""
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return
+    if not _DIGITS.fullmatch(declared):  # uvicorn refuses these first; kept for safety
+        raise ValidationFailed("Content-Length must be a number of bytes")
+    if len(declared) > 18 or int(declared) > limit:  # the length first: int() of a bound
+        raise PayloadTooLarge(limit)
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    """The body, inflated when gzip-encoded; over `limit` bytes (after inflating) is a 413
-    raised while reading, so an oversized or zip-bomb body costs at most `limit` bytes."""
+    """The body (after check_declared_size), inflated when gzip-encoded: at most `limit`
+    bytes sent and at most `limit` once inflated, 413 as soon as either count passes it (a
+    zip bomb or an endless stream costs at most `limit` bytes)."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip"):
-        raise ValidationFailed(f"Unsupported Content-Encoding {encoding!r}")
-    declared = request.headers.get("content-length", "")
-    if encoding == "identity" and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(limit)
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding == "gzip" else None
+        raise ValidationFailed(f"Unsupported Content-Encoding {encoding[:40]!r}")
+    if encoding == "gzip":
+        return await _read_gzip(request, limit)
     chunks: list[bytes] = []
     size = 0
     more = True
     while more:  # ASGI messages read directly: Request.stream() costs ~10 us more a request
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunk, more = message.get("body", b""), message.get("more_body", False)
-        if inflater is not None:
-            chunk = _inflate(inflater, chunk, limit - size)
+        chunk, more = await _next_chunk(request)
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(limit)
@@ -84,8 +94,48 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def _next_chunk(request: Request) -> tuple[bytes, bool]:
+    message = await request.receive()
+    if message["type"] == "http.disconnect":
+        # Nobody will read the answer; a 400, not a 500 (it is the client's doing).
+        raise ValidationFailed("The client disconnected before the body was complete")
+    return message.get("body", b""), message.get("more_body", False)
+
+
+async def _read_gzip(request: Request, limit: int) -> bytes:
+    """One gzip member, whole: data after its end (a second member, trailing bytes) and a
+    stream cut before its trailer are refused (400). Compressed bytes count against `limit`
+    too, so an endless run of empty deflate blocks ends at `limit` bytes (413)."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    chunks: list[bytes] = []
+    sent = size = 0
+    more = True
+    while more:
+        chunk, more = await _next_chunk(request)
+        sent += len(chunk)
+        if sent > limit:
+            raise PayloadTooLarge(limit)
+        if inflater.eof and chunk:
+            raise _after_gzip_end()
+        out = _inflate(inflater, chunk, limit - size)
+        size += len(out)
+        if size > limit:
+            raise PayloadTooLarge(limit)
+        if inflater.unused_data:
+            raise _after_gzip_end()
+        chunks.append(out)
+    if not inflater.eof:
+        raise ValidationFailed("Request body is not valid gzip: the stream is cut short")
+    return b"".join(chunks)
+
+
+def _after_gzip_end() -> ValidationFailed:
+    return ValidationFailed("Request body is not valid gzip: data after the end of the stream")
+
+
 def _inflate(inflater: Any, chunk: bytes, room: int) -> bytes:
     try:
+        # At most room + 1 bytes out: one more than fits is enough to answer 413.
         out: bytes = inflater.decompress(chunk, room + 1)
     except zlib.error as exc:
         raise ValidationFailed("Request body is not valid gzip") from exc
@@ -93,25 +143,22 @@ def _inflate(inflater: Any, chunk: bytes, room: int) -> bytes:
 
 
 def parse_json(body: bytes) -> Any:
+    """The parsed body, nested at most jsonio.MAX_DEPTH deep and holding no U+0000."""
     try:
         value = jsonio.loads(body)
     except ValueError as exc:
         raise ValidationFailed("Request body must be valid JSON") from exc
     # PostgreSQL cannot store U+0000 in text or jsonb: refused here, so that no accepted event
-    # fails in the worker for it. The byte search keeps the common case free.
-    if b"\\u0000" in body and _holds_nul(value):
-        raise ValidationFailed("Strings must not contain the NUL character (\\u0000)")
+    # fails in the worker for it. The byte checks keep a typical send from walking the value.
+    try:
+        if b"\\u0000" in body:
+            if jsonio.holds_nul(value):  # bounds the depth too
+                raise ValidationFailed("Strings must not contain the NUL character (\\u0000)")
+        elif jsonio.may_nest_deeper(body):
+            jsonio.check_depth(value)
+    except jsonio.TooDeep as exc:
+        raise ValidationFailed(str(exc)) from exc
     return value
-
-
-def _holds_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_holds_nul(v) for v in value)
-    return False
 
 
 # --- errors: the one rendering of every route's failures ------------------------------------
@@ -161,10 +208,11 @@ def authenticated(request: Request) -> str:
 
 
 async def read_authenticated(request: Request, limit: int) -> tuple[str, Any]:
-    """The contract's order for every body: size (413), then the key (401), then JSON (400)."""
-    raw = await read_body(request, limit)
+    """The contract's order for every body: a declared size over the limit (413), the key
+    (401, before the body is read), the body's size (413), then JSON (400)."""
+    check_declared_size(request, limit)
     project_id = authenticated(request)
-    return project_id, parse_json(raw)
+    return project_id, parse_json(await read_body(request, limit))
 
 
 def json_object(body: Any) -> dict[str, Any]:

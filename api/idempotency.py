@@ -96,8 +96,15 @@ def check_key(value: Any, field: str = "Idempotency-Key") -> str:
 
 
 def fingerprint(body: Any) -> str:
-    """The body as parsed JSON (key order and spacing do not count), hashed: 128 bits."""
-    digest = hashlib.sha256(jsonio.canonical(body)).digest()[:16]
+    """The body as parsed JSON (key order and spacing do not count), hashed: 128 bits.
+
+    A body the API parsed nests at most jsonio.MAX_DEPTH deep, which the encoding takes; a
+    body it cannot encode is refused (400) rather than failing the request."""
+    try:
+        text = jsonio.canonical(body)
+    except ValueError as exc:
+        raise ValidationFailed("Request body cannot be fingerprinted for its key") from exc
+    digest = hashlib.sha256(text).digest()[:16]
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,6 +27,9 @@ from shared.queue import OUTCOMES_CHANNEL
 
 log = logging.getLogger("eventpipe.api")
 RECONNECT_SECONDS = 0.5
+# Digits of a wait: ASCII only (str.isdigit() takes "²", which int() refuses), and few enough
+# that int() is cheap (past the cap, a larger number means the cap anyway).
+_SECONDS = re.compile(r"[0-9]{1,9}")
 
 
 @dataclass(frozen=True)
@@ -38,14 +42,15 @@ class Outcome:
 
 def parse_prefer_wait(header: str | None, cap: int) -> int | None:
     """Seconds from `Prefer: wait=N` (RFC 7240: comma-separated preferences, parameters after
-    `;`, case-insensitive names), capped; None when absent or not a whole number."""
+    `;`, case-insensitive names), capped; None when absent or not 1 to 9 ASCII digits (a
+    preference the server cannot honour is ignored, RFC 7240 section 2)."""
     if not header:
         return None
     for preference in header.split(","):
         name, _, value = preference.split(";", 1)[0].strip().partition("=")
         if name.strip().lower() == "wait":
             value = value.strip().strip('"')
-            return min(int(value), cap) if value.isdigit() else None
+            return min(int(value), cap) if _SECONDS.fullmatch(value) else None
     return None
 
 

@@ -11,12 +11,13 @@ from sqlalchemy import Connection, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from api.contacts import MAX_CUSTOM_FIELDS
 from api.definitions import Definition, DefinitionSpec
 from api.eventlog import stored_json
 from api.keys import NewKey, generate_key
 from shared import errors
 from shared.clock import aware, iso_ms, utcnow
-from shared.errors import Conflict, EventpipeError, NotFound
+from shared.errors import Conflict, EventpipeError, NotFound, ValidationFailed
 from shared.ids import new_id
 from shared.models import (
     JsonType,
@@ -240,13 +241,23 @@ def upsert_contact(
             "custom_fields": merged,
             "updated_at": incoming.updated_at,
         },
+        # In the statement, so that two racing upserts cannot both pass the cap.
+        where=_json_key_count(conn, merged) <= MAX_CUSTOM_FIELDS,
     )
-    conn.execute(stmt)
-    return get_contact_row(project_id, email, conn=conn)
+    row = conn.execute(stmt.returning(*contacts.c)).first()
+    if row is None:  # the cap refused the update (psycopg's rowcount does not show it)
+        message = f"customFields would hold more than {MAX_CUSTOM_FIELDS} keys once merged"
+        raise ValidationFailed(message, details=[{"field": "customFields", "message": message}])
+    return row
 
 
 def _dialect_insert(conn: Connection) -> Any:
     return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+def _json_key_count(conn: Connection, document: Any) -> Any:
+    keys = func.jsonb_object_keys if conn.dialect.name == "postgresql" else func.json_each
+    return select(func.count()).select_from(keys(document).table_valued("key")).scalar_subquery()
 
 
 def _json_merge(conn: Connection, stored: Any, incoming: Any) -> Any:

@@ -10,6 +10,7 @@ answered), then the workers (after their current job), then Redis (AOF flushed).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit
 
 from cli.devseed import ensure_dev_project, seed_curl
 from cli.embedded import EmbeddedRedis, find_server
@@ -26,6 +28,7 @@ from shared.db import make_engine
 from shared.settings import Settings
 
 STOP_TIMEOUT = 30.0
+_PASSWORD_PARAM = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 
 class Child:
@@ -136,13 +139,13 @@ def _banner(
     queue = (
         f"{redis_server.binary.source} on port {redis_server.port}, AOF in {redis_server.dir}"
         if redis_server
-        else env.get("REDIS_URL", "REDIS_URL")
+        else masked_url(env.get("REDIS_URL", "REDIS_URL"))
     )
     lines = [
         "",
         f"eventpipe is running: API {base}, {processes} worker process(es)",
         f"  queue: {queue}",
-        f"  store: {env['DATABASE_URL']}",
+        f"  store: {masked_url(env['DATABASE_URL'])}",
     ]
     if api_key:
         lines += [
@@ -156,3 +159,13 @@ def _banner(
         ]
     lines += ["Ctrl-C stops everything.", ""]
     print("\n".join(lines), flush=True)
+
+
+def masked_url(url: str) -> str:
+    """`url` with its password (in the user part or a `password=` parameter) shown as ***,
+    for anything printed: a terminal's scrollback or a CI log is no place for it."""
+    netloc = urlsplit(url).netloc
+    user, at, host = netloc.rpartition("@")
+    if at and ":" in user:
+        url = url.replace(netloc, f"{user.partition(':')[0]}:***@{host}", 1)
+    return _PASSWORD_PARAM.sub(r"\1***", url)

@@ -237,9 +237,12 @@ def _check_fsync(settings: Settings) -> None:
 def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
+    from cli.httpserver import PROTOCOL
+
     uvicorn.run(
         "api.app:create_app",
         factory=True,
+        http=PROTOCOL,  # httptools, with limits on the request line and headers
         host=args.host,
         port=args.port,
         workers=args.workers,

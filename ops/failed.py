@@ -24,8 +24,11 @@ from shared.ids import is_id
 from shared.models import failed_event_attempts, failed_events
 
 MAX_PAGE = 1000
-_RELATIVE = re.compile(r"^(\d+)([smhd])$")
+# ASCII digits, at most 10 of them (\d takes any script's digits; int() of a bound).
+_RELATIVE = re.compile(r"([0-9]{1,10})([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+# The longest "time ago" taken: further back than any failure kept can be.
+MAX_AGO = timedelta(days=3650)
 
 
 @dataclass(frozen=True)
@@ -66,22 +69,26 @@ def parse_time(text: str, *, now: datetime | None = None) -> datetime:
     """An RFC 3339 date or date-time (no offset means UTC), or a time ago: `90s`, `30m`,
     `2h`, `7d`."""
     text = text.strip()
-    relative = _RELATIVE.match(text)
+    relative = _RELATIVE.fullmatch(text)
     if relative:
-        amount = timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
-        return (now or utcnow()) - amount
+        amount, unit = int(relative.group(1)), _UNITS[relative.group(2)]
+        if amount > MAX_AGO / timedelta(**{unit: 1}):
+            raise ValidationFailed(f"A time ago must be at most {MAX_AGO.days} days")
+        return (now or utcnow()) - timedelta(**{unit: amount})
     try:
         return parse_rfc3339(text)  # the `date` type's rules: RFC 3339 only
     except ValueError as exc:
+        shown = text if len(text) <= 40 else text[:37] + "..."
         raise ValidationFailed(
-            f"{text!r} is not a time: use 2026-05-08, 2026-05-08T13:45:00Z or 2h (ago)"
+            f"{shown!r} is not a time: use 2026-05-08, 2026-05-08T13:45:00Z or 2h (ago)"
         ) from exc
 
 
 def check_ids(ids: Sequence[str]) -> tuple[str, ...]:
     bad = [i for i in ids if not is_id(i)]
     if bad:
-        raise ValidationFailed(f"Not an event id (24 hex characters): {bad[0]!r}")
+        shown = bad[0] if len(bad[0]) <= 40 else bad[0][:37] + "..."
+        raise ValidationFailed(f"Not an event id (24 hex characters): {shown!r}")
     return tuple(dict.fromkeys(ids))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -28,6 +29,8 @@ from sqlalchemy.types import TypeEngine
 from shared import jsonio
 from shared.errors import StoreUnavailable, ValidationFailed
 from shared.settings import Settings
+
+log = logging.getLogger("eventpipe.store")
 
 
 def _json_text(value: Any) -> str:
@@ -92,8 +95,10 @@ def transaction(engine: Engine) -> Iterator[Connection]:
         raise StoreUnavailable() from exc
     except sa_exc.DataError as exc:
         # A value the store cannot hold that the checks let through: the caller's input, not
-        # an outage (a 400, never a 500; retrying cannot help).
-        raise ValidationFailed("A value cannot be stored: " + str(exc.orig).strip()) from exc
+        # an outage (a 400, never a 500; retrying cannot help). The database's words are
+        # logged, not answered: they describe our schema, not the client's request.
+        log.warning("the store refused a value: %s", str(exc.orig).strip())
+        raise ValidationFailed("A value in the request cannot be stored") from exc
     except sa_exc.DBAPIError as exc:
         if exc.connection_invalidated:
             raise StoreUnavailable() from exc

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+MAX_SHOWN_NAME = 100
+
 
 class EventpipeError(Exception):
     status = 400
@@ -106,8 +108,10 @@ def contact_not_found_for_event() -> EventpipeError:
 
 
 def unknown_property(prop: str, event_name: str) -> EventpipeError:
+    # The name is the client's, of any length: the answer shows enough of it to find it.
+    shown = prop if len(prop) <= MAX_SHOWN_NAME else prop[: MAX_SHOWN_NAME - 3] + "..."
     return ValidationFailed(
-        f'Property "{prop}" is not declared on event "{event_name}"', code="UNKNOWN_PROPERTY"
+        f'Property "{shown}" is not declared on event "{event_name}"', code="UNKNOWN_PROPERTY"
     )
 
 

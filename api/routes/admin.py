@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from typing import Any
 
 import anyio.to_thread
@@ -18,7 +19,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api.apidoc import OPERATIONS, error_doc, obj, ok_doc, op, query_param
-from api.http import in_transaction, json_object, ok, parse_json, read_body
+from api.http import (
+    check_declared_size,
+    in_transaction,
+    json_object,
+    ok,
+    parse_json,
+    read_body,
+)
 from api.state import resources
 from ops import failed as failed_mod
 from shared.errors import QueueUnavailable, Unauthorized, ValidationFailed
@@ -29,6 +37,9 @@ MAX_WAIT_SECONDS = 30.0
 # How long a replay through the API waits for the backlog to make room before it stops
 # (answering what it did, `interrupted`); the CLI waits as long as it takes.
 ROOM_WAIT_SECONDS = 30.0
+# The filters are names, codes and ids: anything longer is no filter of ours.
+MAX_FILTER_CHARS = 200
+_DIGITS = re.compile(r"[0-9]{1,10}")
 
 
 def check_operator(request: Request) -> None:
@@ -47,8 +58,10 @@ def _text(source: dict[str, Any], name: str) -> str | None:
     value = source.get(name)
     if value is None or value == "":
         return None
-    if not isinstance(value, str):
-        raise ValidationFailed(f"{name} must be a string")
+    if not isinstance(value, str) or len(value) > MAX_FILTER_CHARS or "\x00" in value:
+        raise ValidationFailed(
+            f"{name} must be a string of at most {MAX_FILTER_CHARS} characters, without NUL"
+        )
     return value
 
 
@@ -57,11 +70,15 @@ def _time(source: dict[str, Any], name: str) -> Any:
     return failed_mod.parse_time(value) if value else None
 
 
-def _int(source: dict[str, Any], name: str, default: int | None, top: int | None) -> int | None:
+def _int(
+    source: dict[str, Any], name: str, default: int | None, top: int | None, *, text: bool = False
+) -> int | None:
+    """A whole number from 1 (to `top`): a JSON integer, or with `text` (a query string)
+    ASCII digits."""
     value = source.get(name)
     if value is None or value == "":
         return default
-    if isinstance(value, str) and value.isdigit():
+    if text and isinstance(value, str) and _DIGITS.fullmatch(value):  # bounded: int() is safe
         value = int(value)
     if type(value) is not int or value < 1 or (top is not None and value > top):
         raise ValidationFailed(f"{name} must be an integer from 1" + (f" to {top}" if top else ""))
@@ -86,7 +103,7 @@ async def list_failed(request: Request) -> Response:
     check_operator(request)
     query = dict(request.query_params)
     flt = filter_from(query)
-    limit = _int(query, "limit", 100, failed_mod.MAX_PAGE) or 100  # (typing: never None)
+    limit = _int(query, "limit", 100, failed_mod.MAX_PAGE, text=True) or 100  # (never None)
     cursor = _text(query, "cursor")
     if cursor is not None:
         failed_mod.check_ids([cursor])
@@ -102,11 +119,16 @@ async def list_failed(request: Request) -> Response:
 
 
 async def replay(request: Request) -> Response:
+    check_declared_size(request, MAX_BODY_BYTES)
     check_operator(request)
     body = json_object(parse_json(await read_body(request, MAX_BODY_BYTES)))
-    ids = body.get("ids") or []
+    ids = body.get("ids")
+    ids = [] if ids is None else ids
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise ValidationFailed("ids must be an array of event ids")
+    for flag in ("all", "dryRun"):
+        if body.get(flag) is not None and not isinstance(body[flag], bool):  # 0 == False
+            raise ValidationFailed(f"{flag} must be true or false")
     flt = filter_from(body, ids)
     if flt.is_empty() and body.get("all") is not True:
         raise ValidationFailed('No filter given: send "all": true to replay every failed event')
@@ -154,12 +176,13 @@ ROUTES = [
 # --- OpenAPI -----------------------------------------------------------------------------
 
 
+_FILTER_TEXT = {"type": "string", "maxLength": MAX_FILTER_CHARS}
 _FILTER_FIELDS: dict[str, tuple[dict[str, Any], str]] = {
-    "code": ({"type": "string"}, "Error code, e.g. CONTACT_NOT_FOUND_FOR_EVENT"),
-    "eventName": ({"type": "string"}, "Event name"),
-    "projectId": ({"type": "string"}, "Project id"),
-    "since": ({"type": "string"}, "Last failed at or after: RFC 3339 time, or `2h` (ago)"),
-    "until": ({"type": "string"}, "Last failed before: RFC 3339 time, or `30m` (ago)"),
+    "code": (_FILTER_TEXT, "Error code, e.g. CONTACT_NOT_FOUND_FOR_EVENT"),
+    "eventName": (_FILTER_TEXT, "Event name"),
+    "projectId": (_FILTER_TEXT, "Project id"),
+    "since": (_FILTER_TEXT, "Last failed at or after: RFC 3339 time, or `2h` (ago, at most 3650d)"),
+    "until": (_FILTER_TEXT, "Last failed before: RFC 3339 time, or `30m` (ago, at most 3650d)"),
 }
 _FAILED_EVENT = {
     "type": "object",
@@ -243,16 +266,20 @@ OPENAPI_PATHS: dict[str, Any] = {
                         "schema": obj(
                             {
                                 **{
-                                    n: {**s, "description": d}
-                                    for n, (s, d) in _FILTER_FIELDS.items()
+                                    n: {
+                                        **_FILTER_TEXT,
+                                        "type": ["string", "null"],
+                                        "description": d,
+                                    }
+                                    for n, (_, d) in _FILTER_FIELDS.items()
                                 },
-                                "ids": {"type": "array", "items": {"type": "string"}},
+                                "ids": {"type": ["array", "null"], "items": {"type": "string"}},
                                 "all": {
-                                    "type": "boolean",
+                                    "type": ["boolean", "null"],
                                     "description": "Required with no filter",
                                 },
-                                "dryRun": {"type": "boolean"},
-                                "limit": {"type": "integer", "minimum": 1},
+                                "dryRun": {"type": ["boolean", "null"]},
+                                "limit": {"type": ["integer", "null"], "minimum": 1},
                                 "wait": {
                                     "type": "number",
                                     "minimum": 0,

@@ -152,13 +152,12 @@ def _check_items(
                 plan.plain.append((index, event))
                 continue
             check_key(key, ITEM_KEY)
+            # The send body the key stands for: the item without its key, as a single send
+            # with the same body and an Idempotency-Key header would be fingerprinted.
+            print_ = fingerprint({k: v for k, v in item.items() if k != ITEM_KEY})
         except EventpipeError as exc:
             receipts.rejected(index, exc)
             continue
-        # The send body the key stands for: the item without its key, as a single send
-        # with the same body and an Idempotency-Key header would be fingerprinted.
-        send_body = {k: v for k, v in item.items() if k != ITEM_KEY}
-        print_ = fingerprint(send_body)
         if key not in first_of:
             first_of[key] = (index, print_)
             plan.keyed.append((index, key, print_, event))

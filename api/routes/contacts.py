@@ -96,28 +96,39 @@ async def bulk_update(request: Request) -> Response:
     addition) without refusing the others; all good items commit together."""
     project_id, body = await read_authenticated(request, MAX_BODY_BYTES)
     items = check_bulk_contacts(json_object(body))
-    good: list[tuple[str, dict[str, Any]]] = []
+    good: list[tuple[int, str, dict[str, Any]]] = []
     failures: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         try:
-            good.append(check_contact(item))
+            good.append((index, *check_contact(item)))
         except EventpipeError as exc:
-            failures.append({"index": index, "code": exc.code, "message": exc.message})
+            failures.append(_bulk_failure(index, exc))
 
-    def upsert_all(conn: Connection) -> None:
-        for email, changes in good:
-            store.upsert_contact(project_id, email, changes, conn=conn)
+    def upsert_all(conn: Connection) -> list[dict[str, Any]]:
+        refused = []
+        for index, email, changes in good:
+            try:  # refused by the store (custom fields over the cap once merged): no write
+                store.upsert_contact(project_id, email, changes, conn=conn)
+            except EventpipeError as exc:
+                refused.append(_bulk_failure(index, exc))
+        return refused
 
     if good:
-        await in_transaction(request, upsert_all)
+        failures = sorted(
+            failures + await in_transaction(request, upsert_all), key=lambda f: f["index"]
+        )
     return ok(
         {
-            "successCount": len(good),
+            "successCount": len(items) - len(failures),
             "failedCount": len(failures),
             "totalCount": len(items),
             "errors": failures,
         }
     )
+
+
+def _bulk_failure(index: int, exc: EventpipeError) -> dict[str, Any]:
+    return {"index": index, "code": exc.code, "message": exc.message}
 
 
 async def get_contact(request: Request) -> Response:

@@ -41,6 +41,7 @@ from api.apidoc import (
 )
 from api.http import (
     authenticated,
+    check_declared_size,
     error_response,
     in_db_thread,
     ok,
@@ -73,11 +74,14 @@ log = logging.getLogger("eventpipe.api")
 
 async def send_event(request: Request) -> Response:
     state = resources(request)
-    raw = await read_body(request, MAX_SEND_BODY_BYTES)
+    check_declared_size(request, MAX_SEND_BODY_BYTES)
     project_id = authenticated(request)
+    raw = await read_body(request, MAX_SEND_BODY_BYTES)
     body = parse_json(raw)
     event = check_send(body, project_id, state.cache.definition_finder(project_id))
     request.scope[EVENT_ID] = event["id"]
+    # Before the claim: nothing may refuse the request between the claim and the enqueue.
+    wait = parse_prefer_wait(request.headers.get("prefer"), state.settings.max_wait_seconds)
     claim = None
     key = request.headers.get(idempotency.HEADER)
     if key is not None:
@@ -87,7 +91,6 @@ async def send_event(request: Request) -> Response:
             return _replayed(held, event)
         claim = held
     claims = [claim] if claim else []
-    wait = parse_prefer_wait(request.headers.get("prefer"), state.settings.max_wait_seconds)
     if not wait:
         await enqueue(state, 1, claims, lambda r: state.committer.submit(event, len(raw), r))
         return _accepted(event)
@@ -106,13 +109,15 @@ async def enqueue(
     write: Callable[[list[Record]], Awaitable[None]],
 ) -> None:
     """Put `count` accepted events in Redis through `write`, with their keys' answers in the
-    same MULTI/EXEC; past the backlog limit, or if the write fails, free the keys and raise."""
+    same MULTI/EXEC; past the backlog limit, or if the write fails for any reason (a
+    cancelled request included), free the keys and raise. A key the write did answer is not
+    freed: the release frees only a key still holding this request's claim."""
     records = [claim.answered(202, state.idempotency.ttl_seconds) for claim in claims]
     try:
         state.backlog.check()
         state.backlog.added(count)
         await write(records)
-    except EventpipeError:
+    except BaseException:
         for claim in claims:
             await state.idempotency.release(claim)
         raise

@@ -9,6 +9,7 @@ import subprocess
 import psutil
 import redis
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 
 from shared.models import events
 from shared.queue import JobWriter, enqueue_events, make_queue
@@ -69,9 +70,15 @@ def test_worker_processes_drain_the_queue_together(
 
 def test_run_starts_the_pipeline_and_ctrl_c_stops_every_process(env: dict[str, str]) -> None:
     port = free_port()
+    # A password in DATABASE_URL (the machine's PostgreSQL trusts, so any will do): the
+    # banner must not print it.
+    url = make_url(env["DATABASE_URL"]).set(password="s3cret-pw")
+    env = {**env, "DATABASE_URL": url.render_as_string(hide_password=False)}
     proc = Proc(eventpipe("run", "--port", str(port), "--processes", "2"), env, "run")
     try:
         wait_for_api(proc, port)
+        wait_until(lambda: "store:" in proc.output(), 10, "the banner")
+        assert "s3cret-pw" not in proc.output() and ":***@" in proc.output()
         # The supervisor plus its two worker processes: wait until all three are up.
         wait_until(
             lambda: len(psutil.Process(proc.proc.pid).children(recursive=True)) >= 4,

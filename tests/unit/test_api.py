@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import fakeredis
@@ -152,6 +153,19 @@ def test_size_limit_is_checked_before_auth(client: TestClient) -> None:
     r = client.post("/v1/events/send", content=body, headers={"Authorization": "Bearer bad"})
     assert r.status_code == 413
     assert r.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+
+@pytest.mark.parametrize("path", ["/v1/events/send", "/v1/events/batch", "/v1/contacts"])
+def test_the_key_is_checked_before_the_body_is_read(client: TestClient, path: str) -> None:
+    read: list[bytes] = []
+
+    def body() -> Iterator[bytes]:
+        read.append(b"{}")
+        yield b"{}"
+
+    r = client.post(path, content=body(), headers={"Authorization": "Bearer bad"})
+    assert r.status_code == 401
+    assert read == []  # the app never asked for the body
 
 
 def test_gzip_body_is_inflated_and_a_bomb_is_413(

@@ -6,8 +6,17 @@ import math
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine
 
-from api.contacts import check_contact_changes, check_email
+from api.contacts import (
+    MAX_CUSTOM_FIELDS,
+    MAX_CUSTOM_KEY,
+    MAX_CUSTOM_VALUE,
+    check_contact_changes,
+    check_email,
+)
+from api.store import create_project, get_contact_row, upsert_contact
+from shared.db import transaction
 from shared.errors import EventpipeError
 from shared.jsonio import OutOfRange
 
@@ -138,3 +147,47 @@ def test_custom_fields_key_limit() -> None:
     assert check_contact_changes({"customFields": hundred}) == {"custom_fields": hundred}
     exc = failure(check_contact_changes, {"customFields": {**hundred, "k100": 1}})
     assert exc.message == CUSTOM_OBJECT
+
+
+# --- caps on custom fields (issue 14) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("custom", "field"),
+    [
+        ({"k" * (MAX_CUSTOM_KEY + 1): 1}, "customFields"),
+        ({"plan": "v" * (MAX_CUSTOM_VALUE + 1)}, "customFields.plan"),
+        ({f"k{i}": i for i in range(MAX_CUSTOM_FIELDS + 1)}, "customFields"),
+    ],
+)
+def test_custom_fields_are_capped(custom: dict[str, Any], field: str) -> None:
+    exc = failure(check_contact_changes, {"customFields": custom})
+    assert exc.details is not None and exc.details[0]["field"] == field
+
+
+def test_custom_fields_at_the_caps_are_kept() -> None:
+    custom: dict[str, Any] = {f"k{i}": i for i in range(MAX_CUSTOM_FIELDS - 1)}
+    custom["k" * MAX_CUSTOM_KEY] = "v" * MAX_CUSTOM_VALUE
+    assert check_contact_changes({"customFields": custom}) == {"custom_fields": custom}
+
+
+def test_the_cap_holds_after_merging(engine: Engine) -> None:
+    """Upserts merge custom fields: the store refuses a merge past MAX_CUSTOM_FIELDS (in the
+    statement), and the contact keeps what it had."""
+    with transaction(engine) as conn:
+        project_id, _ = create_project("caps", conn=conn)
+
+    def upsert(prefix: str, n: int) -> Any:
+        fields = {f"{prefix}{i}": i for i in range(n)}
+        with transaction(engine) as conn:
+            return upsert_contact(project_id, "a@example.com", {"custom_fields": fields}, conn=conn)
+
+    assert len(upsert("a", 60).custom_fields) == 60
+    assert len(upsert("a", 60).custom_fields) == 60  # the same keys: no growth
+    assert len(upsert("b", 40).custom_fields) == MAX_CUSTOM_FIELDS
+    with pytest.raises(EventpipeError) as caught:
+        upsert("c", 1)
+    assert caught.value.code == "VALIDATION_FAILED"
+    with transaction(engine) as conn:
+        row = get_contact_row(project_id, "a@example.com", conn=conn)
+    assert len(row.custom_fields) == MAX_CUSTOM_FIELDS

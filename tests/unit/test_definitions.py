@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from api.definitions import Definition, DefinitionSpec, check_definition
+from api.definitions import (
+    MAX_DESCRIPTION_LENGTH,
+    MAX_SUGGESTED_BYTES,
+    MAX_SUGGESTED_VALUES,
+    Definition,
+    DefinitionSpec,
+    check_definition,
+)
 from shared.errors import EventpipeError
 
 NAME_MESSAGE = "eventName is required and must be a non-empty string"
@@ -350,3 +357,52 @@ def test_bad_description(description: Any) -> None:
     assert failed_details(definition_body(description=description)) == [
         {"field": "description", "message": message}
     ]
+
+
+# --- caps on suggested values (issue 14) --------------------------------------------------
+
+COUNT_MESSAGE = f"at most {MAX_SUGGESTED_VALUES} suggested values are allowed"
+
+
+@pytest.mark.parametrize(
+    ("type_", "suggested"),
+    [
+        ("string", [str(i) for i in range(MAX_SUGGESTED_VALUES + 1)]),
+        ("string", [f"v{i}" for i in range(50_000)]),
+        ("boolean", ",".join(["1"] * (MAX_SUGGESTED_VALUES + 1))),
+        ("number", ",".join(["0"] * 300_000)),  # refused on its commas, before coercion
+    ],
+)
+def test_too_many_suggested_values(type_: str, suggested: Any) -> None:
+    body = definition_body(properties=[prop("p", type_, suggestedValues=suggested)])
+    assert failed_details(body) == [
+        {"field": "properties[0].suggestedValues", "message": COUNT_MESSAGE}
+    ]
+
+
+def test_suggested_values_at_the_caps_are_kept() -> None:
+    many = [str(i) for i in range(MAX_SUGGESTED_VALUES)]
+    spec = check_definition(definition_body(properties=[prop("p", "string", suggestedValues=many)]))
+    assert spec.properties[0]["suggestedValues"] == many
+    # 4 KB as JSON: 3 values of 1,350 characters fit, a fourth does not.
+    fits = ["x" * 1350] * 3
+    assert check_definition(definition_body(properties=[prop("p", "string", suggestedValues=fits)]))
+    body = definition_body(properties=[prop("p", "string", suggestedValues=[*fits, "x" * 100])])
+    assert failed_details(body) == [
+        {
+            "field": "properties[0].suggestedValues",
+            "message": f"suggestedValues must be at most {MAX_SUGGESTED_BYTES} bytes",
+        }
+    ]
+
+
+def test_property_description_is_capped() -> None:
+    body = definition_body(properties=[prop("p", description="d" * (MAX_DESCRIPTION_LENGTH + 1))])
+    assert failed_details(body) == [
+        {
+            "field": "properties[0].description",
+            "message": f"description must be a string of at most {MAX_DESCRIPTION_LENGTH} chars",
+        }
+    ]
+    body = definition_body(properties=[prop("p", description="d" * MAX_DESCRIPTION_LENGTH)])
+    assert check_definition(body).properties[0]["description"]

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from starlette.testclient import TestClient
 
 from api.idempotency import IN_FLIGHT, Answer, fingerprint, redis_key
-from shared.errors import QueueUnavailable
+from shared.errors import QueueUnavailable, ValidationFailed
 from tests.factories import SEND
 from tests.unit.conftest import auth, make_project, resources_of
 from tests.unit.test_api import run_queued_jobs, setup_seed
@@ -82,25 +82,54 @@ def test_a_refused_request_saves_nothing(
     assert send(client, project[1], SEND, "k").status_code == 202
 
 
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (QueueUnavailable(), 503),
+        # Not only the errors eventpipe models: any failure between the claim and the write.
+        (RuntimeError("a bug"), 500),
+    ],
+)
 def test_a_failed_enqueue_frees_the_key_at_once(
     client: TestClient,
     project: Project,
     fake_redis: fakeredis.FakeRedis,
     monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+    status: int,
 ) -> None:
     setup_seed(client, project[1])
     committer = resources_of(client).committer
 
     async def down(*args: Any) -> None:
-        raise QueueUnavailable()
+        raise error
 
     with monkeypatch.context() as m:
         m.setattr(committer, "submit", down)
         r = send(client, project[1], SEND, "k")
-        assert r.status_code == 503
+        assert r.status_code == status
     assert fake_redis.keys("eventpipe:idem:*") == []
     r = send(client, project[1], SEND, "k")
     assert r.status_code == 202 and "Idempotent-Replayed" not in r.headers
+
+
+def test_a_body_too_deep_to_fingerprint_is_400_and_claims_nothing(
+    client: TestClient, project: Project, fake_redis: fakeredis.FakeRedis
+) -> None:
+    setup_seed(client, project[1])
+    deep = b'{"eventName": "order_completed", "email": "jane@example.com", "x": '
+    r = send(client, project[1], deep + b"[" * 260 + b"]" * 260 + b"}", "k")
+    assert r.status_code == 400
+    assert fake_redis.keys("eventpipe:idem:*") == []
+    with pytest.raises(ValidationFailed):
+        fingerprint(_nest(300))  # past what the encoder takes: 400, not orjson's error
+
+
+def _nest(depth: int) -> Any:
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
 def test_keys_belong_to_a_project_and_expire(

@@ -183,3 +183,54 @@ def test_dumps() -> None:
 def test_dumps_refuses_out_of_range() -> None:
     with pytest.raises(TypeError):
         dumps({"n": OutOfRange("1e400")})
+
+
+# --- the one nesting limit (issue 14) ----------------------------------------------------
+
+
+def _nest(depth: int, leaf: Any = 0) -> Any:
+    """`depth` lists around `leaf`, built without recursion."""
+    value = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_holds_nul_walks_to_the_limit_and_refuses_past_it() -> None:
+    assert jsonio.holds_nul(_nest(jsonio.MAX_DEPTH)) is False
+    assert jsonio.holds_nul(_nest(jsonio.MAX_DEPTH, "a\x00")) is True
+    assert jsonio.holds_nul({"a\x00": 1}) is True  # keys too
+    with pytest.raises(jsonio.TooDeep):
+        jsonio.holds_nul(_nest(jsonio.MAX_DEPTH + 1))
+
+
+def test_holds_nul_is_not_recursive() -> None:
+    # 100k levels: a recursive walk would hit Python's recursion limit long before.
+    with pytest.raises(jsonio.TooDeep):
+        jsonio.holds_nul(_nest(100_000))
+
+
+def test_may_nest_deeper_counts_brackets() -> None:
+    limit = jsonio.MAX_DEPTH
+    assert not jsonio.may_nest_deeper(b"[" * limit + b"]" * limit)
+    assert jsonio.may_nest_deeper(b"[" * (limit + 1) + b"]" * (limit + 1))
+    assert jsonio.may_nest_deeper(b'{"a": "' + b"{" * (limit + 1) + b'"}')  # a walk, no harm
+
+
+def test_the_limit_is_within_what_the_fingerprint_can_encode() -> None:
+    """canonical() encodes anything parse lets through; deeper, it raises ValueError (orjson
+    refuses past 254 levels), never orjson's own error."""
+    deepest = loads(json.dumps(_nest(jsonio.MAX_DEPTH)))
+    assert jsonio.canonical(deepest)
+    with pytest.raises(ValueError):
+        jsonio.canonical(_nest(300))
+
+
+def test_check_depth_walks_containers_to_the_limit() -> None:
+    jsonio.check_depth(_nest(jsonio.MAX_DEPTH))
+    jsonio.check_depth({"a": [{"b": _nest(jsonio.MAX_DEPTH - 3)}]})
+    for deep in (_nest(jsonio.MAX_DEPTH + 1), {"a": [{"b": _nest(jsonio.MAX_DEPTH - 2)}]}):
+        with pytest.raises(jsonio.TooDeep):
+            jsonio.check_depth(deep)
+    with pytest.raises(jsonio.TooDeep):
+        jsonio.check_depth(_nest(100_000))  # not recursive

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from sqlalchemy import Engine
 from starlette.testclient import TestClient
 
-from api.eventlog import decode_cursor, encode_cursor
+from api.eventlog import decode_cursor, encode_cursor, parse_query
 from shared.errors import ValidationFailed
 from shared.settings import Settings
 from tests.factories import SEND
@@ -426,10 +427,49 @@ def test_event_log_refuses_bad_parameters(
 
 
 def test_cursor_round_trip() -> None:
-    for seq in (1, 123456789, 2**62):
+    for seq in (1, 123456789, 2**62, 2**63 - 1):
         assert decode_cursor(encode_cursor(seq)) == seq
     with pytest.raises(ValidationFailed):
         decode_cursor(encode_cursor(1).replace("cz", "eA"))
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "czrCsg",  # base64 of "s:²"
+        "czrZow",  # "s:٣"
+        "c!z!o!x",  # junk a lenient decoder drops
+        encode_cursor(1) + "=",  # padding is not ours
+        "czo5OTk5OTk5OTk5OTk5OTk5OTk5",  # s:9999999999999999999, past a bigint
+        base64.urlsafe_b64encode(b"s:" + b"9" * 30).decode(),
+        "A" * 1024,
+        "",
+    ],
+)
+def test_cursors_this_api_never_gave_out_are_400(cursor: str) -> None:
+    with pytest.raises(ValidationFailed):
+        decode_cursor(cursor)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"limit": "\u00b2"},
+        {"limit": "\u0663"},
+        {"limit": "\uff15"},
+        {"limit": "9" * 5000},
+        {"limit": "0"},
+        {"limit": "1001"},
+        {"since": "99999999999d"},
+        {"since": "0000-01-01"},
+        {"until": "9" * 5000},
+        {"eventName": "a\x00b"},
+    ],
+)
+def test_event_log_queries_are_bounded(params: dict[str, str]) -> None:
+    with pytest.raises(ValidationFailed):
+        parse_query(params)
+    assert parse_query({"limit": "1000"}).limit == 1000
 
 
 def test_every_management_endpoint_needs_a_key(
@@ -504,3 +544,29 @@ def test_huge_numbers_survive_the_store_round_trip(
     run_queued_jobs(worker_ctx)
     stored = client.get(f"/v1/events/{sent['id']}", headers=h).json()["data"]
     assert stored["status"] == "stored" and stored["properties"]["order_total"] == 5.09e52
+
+
+def test_bulk_update_counts_a_merge_over_the_cap_as_failed(
+    client: TestClient, project: Project
+) -> None:
+    h = auth(project[1])
+    full = {f"k{i}": i for i in range(100)}
+    assert (
+        client.post(
+            "/v1/contacts/email", json={"email": "a@b.co", "customFields": full}, headers=h
+        ).status_code
+        == 200
+    )
+    items = [
+        {"email": "a@b.co", "customFields": {"one_more": 1}},
+        {"email": "c@d.co", "customFields": {"fine": 1}},
+    ]
+    r = client.post("/v1/contacts/bulk-update", json={"contacts": items}, headers=h)
+    data = r.json()["data"]
+    assert (r.status_code, data["successCount"], data["failedCount"]) == (200, 1, 1)
+    assert data["errors"][0]["index"] == 0
+    found = client.post(
+        "/v1/contacts/search/emails", json={"emails": ["a@b.co", "c@d.co"]}, headers=h
+    )
+    fields = [c["customFields"] for c in found.json()["data"]["contacts"]]
+    assert fields == [full, {"fine": 1}]

@@ -341,3 +341,26 @@ def test_request_log_lines_carry_the_event_id_or_the_error_code(
         (404, None, "EVENT_NOT_FOUND"),
         (404, None, "CONTACT_NOT_FOUND"),
     ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "99999999999d",  # int() fine, timedelta overflows
+        "999999d",  # timedelta fine, the date before year 1
+        "9" * 5000 + "d",  # int() of 5000 digits
+        "\u0663h",  # Arabic-Indic 3, which \d took
+        "3651d",  # past MAX_AGO
+        "1e3s",
+    ],
+)
+def test_parse_time_refuses_what_it_cannot_bound(text: str) -> None:
+    with pytest.raises(ValidationFailed):
+        parse_time(text)
+    assert parse_time("3650d") < parse_time("1s")
+
+
+def test_a_long_time_that_is_no_time_is_shown_cut_short() -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        parse_time("x" * 100_000)
+    assert len(caught.value.message) < 200

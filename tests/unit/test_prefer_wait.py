@@ -128,3 +128,33 @@ def test_a_waited_answer_is_what_the_idempotency_key_replays(
 )
 def test_prefer_parsing(header: str | None, expected: int | None) -> None:
     assert parse_prefer_wait(header, cap=30) == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("wait=10", 10),
+        ("wait=999999999", 30),  # capped
+        ("wait=" + "9" * 5000, None),  # past 9 digits: ignored, never int() of 5000 digits
+        ("wait=\u00b9", None),  # "¹".isdigit() is True, int("¹") raises
+        ("wait=\u0663", None),  # Arabic-Indic 3
+        ("wait=1e3", None),
+        ("wait=-1", None),
+        ("respond-async, wait=5", 5),
+        ("," * 10_000, None),
+    ],
+)
+def test_prefer_wait_takes_ascii_digits_only(header: str, expected: int | None) -> None:
+    assert parse_prefer_wait(header, 30) == expected
+
+
+def test_an_unreadable_prefer_is_ignored_and_its_key_answers_again(
+    client: TestClient, project: Project
+) -> None:
+    """Prefer is read before the key is claimed; one it cannot read is ignored (RFC 7240)."""
+    setup_seed(client, project[1])
+    key = {"Idempotency-Key": "prefer-1"}
+    first = send(client, project[1], SEND, "wait=" + "9" * 5000, **key)
+    assert first.status_code == 202
+    again = send(client, project[1], SEND, "", **key)
+    assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"

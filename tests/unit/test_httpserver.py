@@ -1,0 +1,143 @@
+"""cli.httpserver: the limits on what uvicorn's httptools protocol is fed, byte by byte."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from cli.httpserver import (
+    MAX_HEAD_BYTES,
+    MAX_HEADERS,
+    MAX_URL_BYTES,
+    PROTOCOL,
+    BoundedHttpToolsProtocol,
+)
+
+
+class Transport(asyncio.Transport):
+    """What the protocol writes, and whether it closed the connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 8000) if name in ("sockname", "peername") else default
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def app(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.fixture
+async def connection() -> tuple[BoundedHttpToolsProtocol, Transport]:
+    config = Config(app=app, http=PROTOCOL, log_level="warning")
+    config.load()
+    assert config.http_protocol_class is BoundedHttpToolsProtocol
+    protocol = BoundedHttpToolsProtocol(config=config, server_state=ServerState(), app_state={})
+    transport = Transport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+def feed(protocol: BoundedHttpToolsProtocol, transport: Transport, data: bytes) -> int:
+    """Feed `data` in 16 KB reads until the protocol closes; the bytes fed."""
+    fed = 0
+    while fed < len(data) and not transport.closed:
+        protocol.data_received(data[fed : fed + 16384])
+        fed += 16384
+    return min(fed, len(data))
+
+
+async def test_a_normal_request_is_served(
+    connection: tuple[BoundedHttpToolsProtocol, Transport],
+) -> None:
+    protocol, transport = connection
+    feed(protocol, transport, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert transport.written.startswith(b"HTTP/1.1 200")
+    assert not transport.closed
+
+
+@pytest.mark.parametrize(
+    ("request_start", "status", "code", "limit"),
+    [
+        (b"GET /?", 414, "URI_TOO_LONG", MAX_URL_BYTES),
+        (b"GET / HTTP/1.1\r\nX-Junk: ", 431, "HEADERS_TOO_LARGE", MAX_HEAD_BYTES),
+    ],
+)
+async def test_8_mb_of_url_or_header_is_refused_once_past_its_limit(
+    connection: tuple[BoundedHttpToolsProtocol, Transport],
+    request_start: bytes,
+    status: int,
+    code: str,
+    limit: int,
+) -> None:
+    protocol, transport = connection
+    fed = feed(protocol, transport, request_start + b"a" * (8 << 20))
+    assert transport.written.startswith(b"HTTP/1.1 %d" % status)
+    assert b'"code":"%s"' % code.encode() in transport.written and transport.closed
+    assert fed <= limit + 16384
+
+
+async def test_a_head_read_in_one_large_piece_is_measured_exactly(
+    connection: tuple[BoundedHttpToolsProtocol, Transport],
+) -> None:
+    """A head that arrives complete in one read larger than the limit (with its body) is
+    measured: over the limit, 431."""
+    protocol, transport = connection
+    head = b"POST / HTTP/1.1\r\nContent-Length: 2\r\nX-Junk: " + b"a" * MAX_HEAD_BYTES
+    protocol.data_received(head + b"\r\n\r\n{}")
+    assert transport.written.startswith(b"HTTP/1.1 431")
+
+
+async def test_a_body_read_with_its_head_does_not_count_as_head(
+    connection: tuple[BoundedHttpToolsProtocol, Transport],
+) -> None:
+    protocol, transport = connection
+    body = b"x" * (2 * MAX_HEAD_BYTES)
+    head = b"POST / HTTP/1.1\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    protocol.data_received(head + body)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert transport.written.startswith(b"HTTP/1.1 200"), transport.written[:100]
+
+
+async def test_too_many_headers_is_431(
+    connection: tuple[BoundedHttpToolsProtocol, Transport],
+) -> None:
+    protocol, transport = connection
+    headers = b"".join(b"X-H%d: 1\r\n" % i for i in range(MAX_HEADERS + 1))
+    protocol.data_received(b"GET / HTTP/1.1\r\n" + headers + b"\r\n")
+    assert transport.written.startswith(b"HTTP/1.1 431")
+
+
+async def test_a_request_httptools_cannot_parse_is_400_in_the_envelope(
+    connection: tuple[BoundedHttpToolsProtocol, Transport],
+) -> None:
+    protocol, transport = connection
+    protocol.data_received(b"GET / HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n")
+    assert transport.written.startswith(b"HTTP/1.1 400")
+    assert b'"success":false' in transport.written

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-import httpx
+import httpx2 as httpx
 import pytest
 
 from cli.httpserver import MAX_HEAD_BYTES, MAX_HEADERS, MAX_URL_BYTES

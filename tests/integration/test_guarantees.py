@@ -254,11 +254,11 @@ def test_a_backlog_over_its_limit_refuses_before_redis_would(
         wait_until(lambda: load.statuses.get(503, 0) >= 50, 60, "the backlog limit")
         accepted = load.stop()
         client = redis.Redis.from_url(server.url)
-        errors: dict[str, Any] = client.info("errorstats")  # type: ignore[assignment]
+        errors: dict[str, Any] = client.info("errorstats")
         assert not any("OOM" in name for name in errors), errors
         # The limit is soft by what one backlog poll (0.1 s) lets through.
         assert 5000 <= len(accepted) <= 6000, len(accepted)
-        memory: dict[str, Any] = client.info("memory")  # type: ignore[assignment]
+        memory: dict[str, Any] = client.info("memory")
         print(f"used_memory at the limit: {memory['used_memory_human']}")
         procs_cleanup.append(start_worker(env))
         with httpx.Client(base_url=base, headers=auth(key), timeout=10) as http:

@@ -56,7 +56,7 @@ async def _queue_figures(request: Request) -> dict[str, float]:
     """Read per scrape, from Redis: the same for every API process, so not a per-process
     metric (adding them up across processes would be wrong)."""
     state = resources(request)
-    figures = await queue_figures_async(state.queue.keys, state.redis)
+    figures = await queue_figures_async(state.queue, state.redis)
     keys = await state.redis.dbsize()
     try:
         memory = await state.redis.info("memory")

@@ -191,7 +191,9 @@ def queue_figures(queue: JobQueue) -> QueueFigures:
     return _figures(replies, cast("bytes | None", enqueued))
 
 
-async def queue_figures_async(keys: RQKeys, connection: aioredis.Redis) -> QueueFigures:
+async def queue_figures_async(queue: JobQueue, connection: aioredis.Redis) -> QueueFigures:
+    """`queue_figures` on the event loop, through `connection`."""
+    keys = queue.keys
     async with connection.pipeline(transaction=False) as pipe:
         _read_figures(pipe, keys)
         replies = await pipe.execute()

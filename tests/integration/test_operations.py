@@ -327,7 +327,13 @@ def test_stats_shows_totals_queue_memory_workers_and_failures(
     wait_until(lambda: len(cli_json(env, "stats")["workers"]) == 1, 30, "the worker to register")
     busy = cli_json(env, "stats")
     assert busy["totals"]["stored"] == 2  # two distinct events; duplicates are not counted
-    assert busy["queue"] == {"events": 0, "jobs": 0, "oldestAgeSeconds": None, "failedJobs": 3}
+    assert busy["queue"] == {
+        "events": 0,
+        "jobs": 0,
+        "startedJobs": 0,
+        "oldestAgeSeconds": None,
+        "failedJobs": 3,
+    }
     assert busy["workers"][0]["state"] in ("idle", "busy")
     text = run_cli(env, "stats")
     assert "workers alive: 1" in text and f"{CNF} 3" in text

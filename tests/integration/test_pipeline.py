@@ -126,7 +126,9 @@ def test_the_same_events_enqueued_twice_are_stored_once(
     queue = make_queue(settings, redis_client)
     payload = make_payload([_event(project_id, "jane@example.com") for _ in range(50)])
     for _ in range(2):  # through RQ's own enqueue
-        queue.rq.enqueue(JOB_FUNC, payload, **job_options(settings))
+        queue.rq.enqueue_job(
+            queue.rq.create_job(JOB_FUNC, args=(payload,), **job_options(settings))
+        )
     assert queue.rq.count == 2
     worker = start_worker(env, "--burst")
     assert worker.proc.wait(60) == 0, worker.output()

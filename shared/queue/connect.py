@@ -9,6 +9,8 @@ applies 5 s defaults.
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
@@ -23,27 +25,33 @@ from shared.settings import Settings
 PROTOCOL = 2
 
 
+def _options(settings: Settings) -> dict[str, Any]:
+    return {
+        "protocol": PROTOCOL,
+        "socket_timeout": settings.redis_timeout_seconds,
+        "socket_connect_timeout": settings.redis_timeout_seconds,
+    }
+
+
+def _quick_backoff() -> ExponentialBackoff:
+    # redis-py's default retries back off for seconds; a request waiting on an enqueue
+    # should hear "503, retry later" quickly instead.
+    return ExponentialBackoff(cap=0.2, base=0.02)
+
+
 def connect_redis(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(
         settings.redis_url,
-        protocol=PROTOCOL,
-        socket_timeout=settings.redis_timeout_seconds,
-        socket_connect_timeout=settings.redis_timeout_seconds,
         health_check_interval=30,
-        # redis-py's default retries back off for seconds; a request waiting on an enqueue
-        # should hear "503, retry later" quickly instead.
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
+        retry=Retry(_quick_backoff(), retries=2),
+        **_options(settings),
     )
 
 
 def connect_async(settings: Settings) -> aioredis.Redis:
     """The API's client on the event loop, with the same quick retries."""
     return aioredis.Redis.from_url(
-        settings.redis_url,
-        protocol=PROTOCOL,
-        socket_timeout=settings.redis_timeout_seconds,
-        socket_connect_timeout=settings.redis_timeout_seconds,
-        retry=AsyncRetry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
+        settings.redis_url, retry=AsyncRetry(_quick_backoff(), retries=2), **_options(settings)
     )
 
 

@@ -72,8 +72,7 @@ class EventWorker(SimpleWorker):
         exc_string: str = "",
         execution: Execution | None = None,
     ) -> None:
-        # The job's claimed group jobs go back to the queue, unspent: they did not fail.
-        release_claims(get_context().queue, self.name)
+        self._release_claims()
         # Called from inside RQ's `except:` block, so the exception is still current.
         if isinstance(sys.exc_info()[1], StoreUnavailable):
             self._requeue_for_store(job, queue, execution)
@@ -85,6 +84,15 @@ class EventWorker(SimpleWorker):
             exc_string=exc_string,
             execution=execution,
         )
+
+    def _release_claims(self) -> None:
+        """The failed job's claimed group jobs go back to the queue, unspent: they did not
+        fail. With Redis away they stay claimed, and RQ's cleanup brings them back once their
+        entries expire, as for a dead worker."""
+        try:
+            release_claims(get_context().queue, self.name)
+        except RedisError as exc:
+            log.warning("could not give claimed jobs back (%s); they come back on expiry", exc)
 
     def _requeue_for_store(self, job: Job, queue: Queue, execution: Execution | None) -> None:
         with self.connection.pipeline() as pipe:

@@ -24,19 +24,20 @@ from rq.job import JobStatus
 from rq.utils import now, utcformat
 
 from shared.queue.connect import JobQueue
-from shared.queue.enqueue import payload_of
-from shared.queue.keys import KIND_FIELD, LEGACY_CLAIMED_PREFIX
+from shared.queue.enqueue import DESCRIPTIONS, payload_of
+from shared.queue.keys import LEGACY_CLAIMED_PREFIX
 from shared.queue.payload import GROUP, Event, read_payload
 
 # KEYS: queue, started registry. ARGV: how many, job key prefix, started-registry member
-# suffix (":" + claimer), expiry score, status, group kind, now (RQ's format), worker name.
-_CLAIM = f"""
-local taken = {{}}
+# suffix (":" + claimer), expiry score, status, a group job's description, now (RQ's
+# format), worker name.
+_CLAIM = """
+local taken = {}
 for _ = 1, tonumber(ARGV[1]) do
   local id = redis.call('LINDEX', KEYS[1], 0)
   if not id then break end
   local key = ARGV[2] .. id
-  if redis.call('HGET', key, '{KIND_FIELD}') ~= ARGV[6] then break end
+  if redis.call('HGET', key, 'description') ~= ARGV[6] then break end
   redis.call('LPOP', KEYS[1])
   redis.call('ZADD', KEYS[2], ARGV[4], id .. ARGV[3])
   redis.call('HSET', key, 'status', ARGV[5], 'started_at', ARGV[7], 'last_heartbeat', ARGV[7],
@@ -105,7 +106,7 @@ def claim_jobs(queue: JobQueue, claimer: str, room: int, ttl: int) -> list[str]:
         return []
     keys = queue.keys
     args: list[str | int | float] = [room, keys.job_prefix, _suffix(claimer), time.time() + ttl]
-    args += [JobStatus.STARTED.value, GROUP, utcformat(now()), claimer]
+    args += [JobStatus.STARTED.value, DESCRIPTIONS[GROUP], utcformat(now()), claimer]
     taken = queue.connection.eval(_CLAIM, 2, keys.queue, keys.started, *args)
     return [i.decode() for i in cast(list[bytes], taken)]
 

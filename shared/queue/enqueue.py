@@ -19,14 +19,21 @@ from shared import jsonio
 from shared.errors import EventpipeError, QueueUnavailable
 from shared.ids import new_id
 from shared.queue.connect import PROTOCOL, JobQueue
-from shared.queue.keys import ACCEPTED_KEY, KIND_FIELD, PENDING_KEY
-from shared.queue.payload import GROUP, Event, make_payload
+from shared.queue.keys import ACCEPTED_KEY, PENDING_KEY
+from shared.queue.payload import EVENT, GROUP, REPLAY, Event, make_payload
 from shared.settings import Settings
 
 JOB_FUNC = "worker.jobs.store_events"
-# RQ's default description repeats the arguments, which would store every payload a second
-# time, uncompressed.
-JOB_DESCRIPTION = "eventpipe: store events"
+# A job's description names its kind, for people reading RQ's tools and for the Lua that
+# claims group jobs (claims.py): it reads the hash, not the compressed payload, and a field of
+# its own would cost every job ~100 bytes of Redis. (RQ's default description repeats the
+# arguments, which would store every payload a second time, uncompressed.) The previous
+# release described every job as "eventpipe: store events".
+DESCRIPTIONS = {
+    GROUP: "eventpipe: a group of events",
+    REPLAY: "eventpipe: a replay of failed events",
+    EVENT: "eventpipe: one failed event",
+}
 # A Redis string written with a job, in the same transaction: (key, value, ttl seconds).
 Record = tuple[str, bytes, int]
 
@@ -37,10 +44,10 @@ def new_job_id(kind: str = GROUP) -> str:
     return f"{'g' if kind == GROUP else 'r'}{new_id()}"
 
 
-def job_options(settings: Settings) -> dict[str, Any]:
+def job_options(settings: Settings, kind: str = GROUP) -> dict[str, Any]:
     """What every events job carries, as RQ's create_job takes it."""
     return {
-        "description": JOB_DESCRIPTION,
+        "description": DESCRIPTIONS[kind],
         "timeout": settings.job_timeout,
         "result_ttl": settings.result_ttl,
         "failure_ttl": settings.failure_ttl,
@@ -82,9 +89,8 @@ class JobWriter:
         self._keys = queue.keys
 
     def fields(self, events: Sequence[Event], kind: str = GROUP) -> dict[str, Any]:
-        """The job hash of a job carrying `events`. The kind is in the payload and, for the
-        Lua that claims group jobs, in a field of the hash (RQ's saves keep fields it does
-        not know: they are HSETs)."""
+        """The job hash of a job carrying `events`; the kind is in the payload and the
+        description."""
         stamp = utcformat(datetime.now(UTC))
         data = job_data(make_payload(events, kind))
         return {
@@ -92,7 +98,7 @@ class JobWriter:
             "data": data,
             "created_at": stamp,
             "enqueued_at": stamp,
-            KIND_FIELD: kind,
+            "description": DESCRIPTIONS[kind],
         }
 
     def add(self, pipe: Any, events: Sequence[Event], records: Sequence[Record] = ()) -> str:

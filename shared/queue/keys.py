@@ -22,8 +22,6 @@ OUTCOMES_CHANNEL = "eventpipe:outcomes"
 # The previous release kept a running job's claimed group jobs in a list under this prefix
 # (keyed by the running job's id); workers now give such lists back (claims.py).
 LEGACY_CLAIMED_PREFIX = "eventpipe:claimed:"
-# The job hash field that holds the job's kind (payload.py), for the Lua that reads hashes.
-KIND_FIELD = "eventpipe_kind"
 
 
 @dataclass(frozen=True)

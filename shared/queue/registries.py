@@ -48,7 +48,7 @@ def add_failed_event(queue: JobQueue, pipe: Any, event: Event, error: EventpipeE
         job_id=event["id"],
         meta={"code": error.code, "message": error.message, "projectId": event["projectId"]},
         status=JobStatus.FAILED,
-        **{**job_options(queue.settings), "retry": None},
+        **{**job_options(queue.settings, EVENT), "retry": None},
     )
     job.origin = queue.name
     job.save(pipeline=pipe)

@@ -291,7 +291,10 @@ def test_only_group_jobs_are_claimed_and_the_claim_is_bounded(
     store_events(make_payload([failed]))
     worker_ctx.queue.rq.failed_job_registry.requeue(failed["id"], at_front=True)
     assert claim_jobs(worker_ctx.queue, "w2", 5, ttl=15) == []
-    # So does a job of the previous release (no kind in its hash): it runs as itself.
-    worker_ctx.redis.hdel(worker_ctx.queue.keys.job(fourth), "eventpipe_kind")
+    # So does a job of the previous release (its one description for every kind): it runs
+    # as itself.
+    worker_ctx.redis.hset(
+        worker_ctx.queue.keys.job(fourth), "description", "eventpipe: store events"
+    )
     worker_ctx.queue.rq.remove(failed["id"])
     assert claim_jobs(worker_ctx.queue, "w2", 5, ttl=15) == []

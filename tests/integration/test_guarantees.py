@@ -134,6 +134,22 @@ def test_prefer_wait_gives_autosends_answers(
     assert _count(engine, events) == 11
 
 
+def test_the_outcome_subscription_outlives_more_than_redis_pys_default_timeout_of_idle(
+    env: dict[str, str], procs_cleanup: list[Proc]
+) -> None:
+    """redis-py 8.0.x dropped a pub/sub connection left idle past its 5 s default socket
+    timeout; 8.1 does not, and the subscriber sets no timeout (why pyproject asks for
+    redis>=8.1). After 7 s with no message at all, a waited send still gets its 201."""
+    api, base = start_api(env)
+    procs_cleanup.append(api)
+    key = _project(env, base)
+    procs_cleanup.append(start_worker(env))
+    with httpx.Client(base_url=base, headers=auth(key), timeout=30) as http:
+        time.sleep(7)  # the idle period is what is tested: no outcome is published meanwhile
+        answer = http.post("/v1/events/send", json=SEED, headers={"Prefer": "wait=10"})
+    assert answer.status_code == 201, answer.text
+
+
 # --- fault 5: the same key retried in parallel while a worker is killed ---------------
 
 

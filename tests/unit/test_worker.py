@@ -298,3 +298,26 @@ def test_only_group_jobs_are_claimed_and_the_claim_is_bounded(
     )
     worker_ctx.queue.rq.remove(failed["id"])
     assert claim_jobs(worker_ctx.queue, "w2", 5, ttl=15) == []
+
+
+def test_with_result_ttl_0_finished_claimed_jobs_are_not_kept(
+    worker_ctx: WorkerContext, engine: Engine, project: tuple[str, str, str], monkeypatch: Any
+) -> None:
+    """As RQ keeps no finished job when its result_ttl is 0."""
+    from dataclasses import replace
+
+    from shared.queue import make_queue
+    from worker.context import WorkerContext as Context
+
+    settings = replace(worker_ctx.settings, result_ttl=0)
+    ctx = Context(settings, engine, worker_ctx.redis, make_queue(settings, worker_ctx.redis))
+    monkeypatch.setattr("worker.jobs.get_context", lambda: ctx)
+    add_contact(engine, project[0], "jane@example.com")
+    first, *others = _enqueue_groups(ctx, project[0], groups=3, size=1)
+    job = ctx.queue.rq.fetch_job(first)
+    assert job is not None
+    ctx.queue.rq.remove(first)
+    monkeypatch.setattr("worker.jobs.running_job", lambda: RunningJob(first, "w1"))
+    assert store_events(*job.args)["jobs"] == 3
+    assert [ctx.queue.rq.fetch_job(o) for o in others] == [None, None]
+    assert ctx.queue.rq.finished_job_registry.get_job_ids() == [] and _started(ctx) == []

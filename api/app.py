@@ -36,7 +36,7 @@ ROUTES = sorted(
         *admin.ROUTES,
         *health.ROUTES,
     ],
-    key=lambda route: "{" in route.path,
+    key=lambda route: "{" in getattr(route, "path", ""),
 )
 
 

@@ -37,7 +37,7 @@ class ConfigCache:
         self._redis = redis
         self._max_age = reload_seconds
         self._snapshot: ConfigSnapshot | None = None
-        self._version: bytes | None = None
+        self._version: bytes | str | None = None  # redis-py 8 types replies as either
         self._loaded_at = 0.0
         self._poller = Poller("config-cache", poll_seconds, self._check)
         # One load at a time: an older load finishing after a newer one would put back a

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from api.poller import cancel_and_wait
 from shared import jsonio
 from shared.queue import OUTCOMES_CHANNEL
 
@@ -70,9 +71,7 @@ class Outcomes:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         with contextlib.suppress(RedisError, OSError):
             await self._redis.aclose()
 

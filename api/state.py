@@ -13,7 +13,6 @@ import anyio
 import anyio.to_thread
 import redis
 import redis.asyncio as aioredis
-from rq import Queue
 from sqlalchemy import Engine
 from starlette.requests import Request
 
@@ -26,13 +25,15 @@ from api.outcomes import Outcomes
 from shared.db import make_engine, transaction
 from shared.queue import (
     Event,
+    JobQueue,
     JobWriter,
     Record,
     check_fsync_support,
+    connect_async,
     connect_redis,
+    connect_subscriber,
     enqueue_function,
     make_queue,
-    quick_async_retry,
 )
 from shared.settings import Settings
 
@@ -49,7 +50,7 @@ class Clients:
 class Resources:
     settings: Settings
     engine: Engine
-    queue: Queue
+    queue: JobQueue
     redis: aioredis.Redis
     db_limiter: anyio.CapacityLimiter  # management endpoints' store work, off the loop
     replay_limiter: anyio.CapacityLimiter  # POST /v1/admin/replay, one at a time
@@ -68,12 +69,7 @@ def resources(request: Request) -> Resources:
 async def open_resources(settings: Settings, clients: Clients) -> Resources:
     engine = make_engine(settings)
     queue = make_queue(settings, clients.redis or connect_redis(settings))
-    redis_ = clients.async_redis or aioredis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_timeout_seconds,
-        socket_connect_timeout=settings.redis_timeout_seconds,
-        retry=quick_async_retry(),
-    )
+    redis_ = clients.async_redis or connect_async(settings)
     db_limiter = anyio.CapacityLimiter(settings.db_threads)
     if settings.redis_durability == "fsync":  # refuse to start rather than promise in vain
         await check_fsync_support(redis_)
@@ -90,12 +86,12 @@ async def open_resources(settings: Settings, clients: Clients) -> Resources:
             settings.config_poll_seconds,
             settings.config_reload_seconds,
         ),
-        committer=_committer(settings, JobWriter(queue, settings), redis_),
+        committer=_committer(settings, JobWriter(queue), redis_),
         idempotency=Idempotency(
             redis_, settings.idempotency_claim_seconds, settings.idempotency_ttl_seconds
         ),
         backlog=Backlog(redis_, settings.max_queued_events, settings.backlog_poll_seconds),
-        outcomes=Outcomes(clients.async_redis or _subscriber(settings)),
+        outcomes=Outcomes(clients.async_redis or connect_subscriber(settings)),
     )
     await found.cache.start()
     await found.outcomes.start()
@@ -110,7 +106,7 @@ async def close_resources(found: Resources) -> None:
     await found.cache.stop()
     await found.outcomes.stop()
     await found.redis.aclose()
-    found.queue.connection.close()
+    found.queue.close()
     found.engine.dispose()
 
 
@@ -129,16 +125,6 @@ def _committer(settings: Settings, writer: JobWriter, redis_: aioredis.Redis) ->
         ),
         settings.group_max_events,
         settings.group_max_bytes,
-    )
-
-
-def _subscriber(settings: Settings) -> aioredis.Redis:
-    """The pub/sub connection of `Prefer: wait`: no read timeout (it waits for messages by
-    design), keepalive so that a dead peer is noticed."""
-    return aioredis.Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=settings.redis_timeout_seconds,
-        socket_keepalive=True,
     )
 
 

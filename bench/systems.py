@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from typing import Literal, cast
+from typing import Literal
 
 from bench.apps import SEND_PATH
 from bench.naive import QUEUE_NAME as NAIVE_QUEUE
@@ -73,7 +73,7 @@ def worker_procs(world: World, system: System, processes: int, burst: bool) -> l
 
 def registered_workers(world: World, system: System) -> int:
     queue = EVENTPIPE_QUEUE if system == "eventpipe" else NAIVE_QUEUE
-    return cast(int, world.redis.scard(f"rq:workers:{queue}"))
+    return world.redis.scard(f"rq:workers:{queue}")
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ import platform
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 from uuid import uuid4
 
 import redis
@@ -79,13 +79,13 @@ class World:
 
     def pending(self) -> int:
         """eventpipe's backlog: events accepted and not yet handled by a worker."""
-        return cast(int, self.redis.hlen(PENDING_KEY))
+        return self.redis.hlen(PENDING_KEY)
 
     def naive_backlog(self) -> int:
-        return cast(int, self.redis.llen(BACKLOG_KEY))
+        return self.redis.llen(BACKLOG_KEY)
 
     def used_memory(self) -> int:
-        return int(cast(dict[str, Any], self.redis.info("memory"))["used_memory"])
+        return int(self.redis.info("memory")["used_memory"])
 
     def keys_memory(self) -> int:
         """The sum of MEMORY USAGE over this database's keys: unlike used_memory, blind to
@@ -171,7 +171,7 @@ def machine(world: World) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "redis": cast(dict[str, Any], world.redis.info("server"))["redis_version"],
+        "redis": world.redis.info("server")["redis_version"],
         "postgres": str(postgres),
         "wrk": wrk.split(" [")[0].strip(),
         "load_at_start": os.getloadavg()[0],

@@ -218,14 +218,10 @@ def _check_fsync(settings: Settings) -> None:
     """Raises EventpipeError (exit 1 with its message) when the server cannot fsync-confirm."""
     import asyncio
 
-    import redis.asyncio as aioredis
-
-    from shared.queue import check_fsync_support
+    from shared.queue import check_fsync_support, connect_async
 
     async def check() -> None:
-        client = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=settings.redis_timeout_seconds
-        )
+        client = connect_async(settings)
         try:
             await check_fsync_support(client)
         finally:

@@ -16,13 +16,12 @@ from datetime import datetime
 from typing import Any
 
 import redis
-from rq import Queue
 from sqlalchemy import Engine
 
 from ops import failed as failed_mod
 from shared.db import make_engine, transaction
 from shared.errors import EventpipeError
-from shared.queue import connect_redis, make_queue
+from shared.queue import JobQueue, connect_redis, make_queue
 from shared.settings import Settings
 
 
@@ -30,7 +29,7 @@ from shared.settings import Settings
 class Services:
     engine: Engine
     redis: redis.Redis
-    queue: Queue
+    queue: JobQueue
 
 
 @contextmanager
@@ -191,7 +190,7 @@ def failed_purge(args: argparse.Namespace, settings: Settings) -> int:
         if not args.yes and not _confirm(f"Purge {matching} failed event(s) for good?"):
             print("nothing purged", file=sys.stderr)
             return 1
-        purged = failed_mod.purge_failed(flt, s.redis, s.queue, s.engine)
+        purged = failed_mod.purge_failed(flt, s.queue, s.engine)
     print(f"purged {purged}")
     return 0
 
@@ -237,6 +236,6 @@ def stats_cmd(args: argparse.Namespace, settings: Settings) -> int:
     with services(settings) as s:
         if args.watch:
             return watch(s, args.interval, args.json)
-        data = collect(s.engine, s.redis, s.queue)
+        data = collect(s.engine, s.queue)
     print(json.dumps(data) if args.json else describe_stats(data))
     return 0

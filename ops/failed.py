@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import redis
 from sqlalchemy import ColumnElement, Connection, Engine, Select, func, select
 
 from shared.clock import aware, iso_ms, parse_rfc3339, utcnow
@@ -22,6 +21,7 @@ from shared.db import delete_failed, transaction
 from shared.errors import NotFound, ValidationFailed
 from shared.ids import is_id
 from shared.models import failed_event_attempts, failed_events
+from shared.queue import JobQueue, forget_failed_jobs
 
 MAX_PAGE = 1000
 # ASCII digits, at most 10 of them (\d takes any script's digits; int() of a bound).
@@ -151,28 +151,7 @@ def show_failed(event_id: str, *, conn: Connection) -> dict[str, Any]:
     return {**failed_json(row), "payload": row.payload, "history": history}
 
 
-def forget_failed_jobs(connection: redis.Redis, queue: Any, ids: Sequence[str]) -> None:
-    """Remove the events' own failed jobs from RQ, so `rq requeue` cannot bring a purged
-    event back. Only jobs RQ lists as failed: a job queued or running is left alone."""
-    if not ids:
-        return
-    prefix = queue.job_class.redis_job_namespace_prefix
-    registry = queue.failed_job_registry.key
-    with connection.pipeline(transaction=False) as pipe:
-        for event_id in ids:
-            pipe.hget(prefix + event_id, "status")
-        statuses: list[bytes | None] = pipe.execute()
-    failed = [i for i, s in zip(ids, statuses, strict=True) if s in (None, b"failed")]
-    with connection.pipeline(transaction=True) as pipe:
-        for event_id in failed:
-            pipe.zrem(registry, event_id)
-            pipe.delete(prefix + event_id)
-        pipe.execute()
-
-
-def purge_failed(
-    flt: FailedFilter, connection: redis.Redis, queue: Any, engine: Engine, chunk: int = 500
-) -> int:
+def purge_failed(flt: FailedFilter, queue: JobQueue, engine: Engine, chunk: int = 500) -> int:
     """Delete the matching failure records (PostgreSQL and RQ), a chunk per transaction."""
     purged = 0
     after: str | None = None
@@ -182,6 +161,6 @@ def purge_failed(
             delete_failed(failed_events, ids, conn=conn)
         if not ids:
             return purged
-        forget_failed_jobs(connection, queue, ids)
+        forget_failed_jobs(queue, ids)
         purged += len(ids)
         after = ids[-1]

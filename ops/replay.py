@@ -2,7 +2,7 @@
 
 The record in `failed_events` holds each event as it was queued, so a replay works whether or
 not RQ's failed-registry entry still exists. Matching events go back in replay jobs of up to
-`CHUNK` events (ids starting with "r"): the worker stores those whose contact now exists,
+`CHUNK` events (of the replay kind): the worker stores those whose contact now exists,
 deletes their failure records, and splits each one that fails again out as a failed job of
 its own with its new error, so it is listed again.
 
@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis
-from rq import Queue
 from sqlalchemy import Connection, Engine, select
 
-from ops.failed import FailedFilter, forget_failed_jobs, page_ascending
+from ops.failed import FailedFilter, page_ascending
 from shared.db import delete_failed, transaction
 from shared.models import events, failed_events
-from shared.queue import PENDING_KEY, JobWriter, new_replay_job_id
+from shared.queue import PENDING_KEY, JobQueue, ReplayQueue, forget_failed_jobs
 from shared.settings import Settings
 
 CHUNK = 100
@@ -42,34 +41,6 @@ BACKLOG_SHARE = 0.5
 ALREADY_QUEUED = "already queued"
 ALREADY_STORED = "already stored"
 NOT_FAILED = "no matching failure record"
-
-# KEYS: pending hash, set of queues, queue list, new job hash, failed registry, then the
-# events' own job hashes. ARGV: job id, queue key, n, n event ids, then the job's fields.
-# Returns the ids that are already on their way (nothing is written then), or {} when done.
-_REQUEUE = """
-local n = tonumber(ARGV[3])
-local busy = {}
-for i = 1, n do
-  local id = ARGV[3 + i]
-  local status = redis.call('HGET', KEYS[5 + i], 'status')
-  if redis.call('HEXISTS', KEYS[1], id) == 1 or status == 'queued' or status == 'started'
-      or status == 'scheduled' or status == 'deferred' then
-    busy[#busy + 1] = id
-  end
-end
-if #busy > 0 then return busy end
-local fields = {}
-for i = 4 + n, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[4], unpack(fields))
-redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('RPUSH', KEYS[3], ARGV[1])
-for i = 1, n do
-  redis.call('HSET', KEYS[1], ARGV[3 + i], ARGV[1])
-  redis.call('ZREM', KEYS[5], ARGV[3 + i])
-  redis.call('DEL', KEYS[5 + i])
-end
-return busy
-"""
 
 
 @dataclass
@@ -130,14 +101,13 @@ class Pacer:
 
 class Replayer:
     def __init__(
-        self, settings: Settings, engine: Engine, connection: redis.Redis, queue: Queue
+        self, settings: Settings, engine: Engine, connection: redis.Redis, queue: JobQueue
     ) -> None:
         self.engine = engine
         self.backlog_limit = max(1, int(settings.max_queued_events * BACKLOG_SHARE))
         self.connection = connection
         self.queue = queue
-        self.writer = JobWriter(queue, settings)
-        self._script = connection.register_script(_REQUEUE)
+        self.replays = ReplayQueue(queue)
 
     def run(
         self,
@@ -183,7 +153,7 @@ class Replayer:
 
     def _wait_for_room(self, seconds: float | None) -> None:
         deadline = None if seconds is None else time.monotonic() + seconds
-        while int(cast(int, self.connection.hlen(PENDING_KEY))) >= self.backlog_limit:
+        while self.connection.hlen(PENDING_KEY) >= self.backlog_limit:
             if deadline is not None and time.monotonic() > deadline:
                 raise _NoRoom()
             time.sleep(WAIT_POLL_SECONDS)
@@ -193,7 +163,7 @@ class Replayer:
         summary.skipped[ALREADY_STORED] += len(stored)
         candidates = [r for r in rows if r.id not in stored]
         if dry_run:
-            busy = self._busy([r.id for r in candidates])
+            busy = self.replays.busy([r.id for r in candidates])
             summary.skipped[ALREADY_QUEUED] += len(busy)
             summary.requeued += len(candidates) - len(busy)
             return
@@ -208,53 +178,18 @@ class Replayer:
             if found and not dry_run:
                 delete_failed(failed_events, sorted(found), conn=conn)
         if found and not dry_run:
-            forget_failed_jobs(self.connection, self.queue, sorted(found))
+            forget_failed_jobs(self.queue, sorted(found))
         return found
 
     def _requeue(self, rows: list[Any], summary: ReplaySummary) -> list[str]:
         """One replay job for `rows`; events found on their way already are left out."""
         while rows:
-            busy = self._run_script([r.payload for r in rows])
+            busy = self.replays.requeue([r.payload for r in rows])
             if not busy:
                 return [r.id for r in rows]
             summary.skipped[ALREADY_QUEUED] += len(busy)
             rows = [r for r in rows if r.id not in busy]
         return []
-
-    def _run_script(self, batch: list[dict[str, Any]]) -> set[str]:
-        job_id = new_replay_job_id()
-        prefix = self.queue.job_class.redis_job_namespace_prefix
-        ids = [e["id"] for e in batch]
-        keys = [
-            PENDING_KEY,
-            self.queue.redis_queues_keys,
-            self.queue.key,
-            prefix + job_id,
-            self.queue.failed_job_registry.key,
-            *[prefix + i for i in ids],
-        ]
-        flat: list[Any] = []
-        for name, value in self.writer.fields(batch, replay=True).items():
-            flat += [name, value]
-        busy = self._script(keys=keys, args=[job_id, self.queue.key, len(ids), *ids, *flat])
-        return {b.decode() for b in cast(list[bytes], busy)}
-
-    def _busy(self, ids: list[str]) -> set[str]:
-        """The read-only half of the script's check, for a dry run."""
-        if not ids:
-            return set()
-        prefix = self.queue.job_class.redis_job_namespace_prefix
-        with self.connection.pipeline(transaction=False) as pipe:
-            pipe.hmget(PENDING_KEY, ids)
-            for event_id in ids:
-                pipe.hget(prefix + event_id, "status")
-            marks, *statuses = pipe.execute()
-        on_way = {b"queued", b"started", b"scheduled", b"deferred"}
-        return {
-            i
-            for i, mark, status in zip(ids, marks, statuses, strict=True)
-            if mark is not None or status in on_way
-        }
 
     def _count_unmatched(self, ids: Sequence[str], summary: ReplaySummary) -> None:
         """Ids asked for by name that matched no failure record: stored or never failed."""

@@ -6,45 +6,49 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, cast
+from typing import Any
 
 import redis
-from rq import Queue, Worker
-from rq.serializers import JSONSerializer
 from sqlalchemy import Engine, func, select
 from sqlalchemy import exc as sa_exc
 
-from shared.clock import aware, iso_ms, utcnow
+from shared.clock import iso_ms, utcnow
 from shared.db import transaction
 from shared.errors import StoreUnavailable
 from shared.models import failed_events
-from shared.queue import ACCEPTED_KEY, FAILED_KEY, PENDING_KEY, STORED_KEY, queued_seconds
+from shared.queue import (
+    ACCEPTED_KEY,
+    FAILED_KEY,
+    STORED_KEY,
+    JobQueue,
+    queue_figures,
+    workers,
+)
 
 
-def collect(engine: Engine, connection: redis.Redis, queue: Queue) -> dict[str, Any]:
+def collect(engine: Engine, queue: JobQueue) -> dict[str, Any]:
     data: dict[str, Any] = {"at": iso_ms(utcnow()), "queueName": queue.name}
     try:
-        data.update(redis_stats(connection, queue))
+        data.update(redis_stats(queue))
     except redis.RedisError as exc:
         data["redis"] = {"reachable": False, "error": str(exc)}
     data["store"] = store_stats(engine)
     return data
 
 
-def redis_stats(connection: redis.Redis, queue: Queue) -> dict[str, Any]:
+def redis_stats(queue: JobQueue) -> dict[str, Any]:
+    connection = queue.connection
     with connection.pipeline(transaction=False) as pipe:
         pipe.get(ACCEPTED_KEY)
         pipe.get(STORED_KEY)
         pipe.hgetall(FAILED_KEY)
-        pipe.hlen(PENDING_KEY)
-        pipe.llen(queue.key)
-        pipe.lindex(queue.key, 0)
-        pipe.zcard(queue.failed_job_registry.key)
-        accepted, stored, failed, pending, jobs, head, failed_jobs = pipe.execute()
+        accepted, stored, failed = pipe.execute()
+    figures = queue_figures(queue)
     try:
-        memory = cast(dict[str, Any], connection.info("memory"))
+        memory = connection.info("memory")
     except redis.ResponseError:  # a server or proxy that refuses INFO: no memory figures
         memory = {}
+    age = figures.oldest_age
     return {
         "totals": {
             "accepted": int(accepted or 0),
@@ -52,10 +56,11 @@ def redis_stats(connection: redis.Redis, queue: Queue) -> dict[str, Any]:
             "failed": {k.decode(): int(v) for k, v in failed.items()},
         },
         "queue": {
-            "events": int(pending),
-            "jobs": int(jobs),
-            "oldestAgeSeconds": _head_age(connection, queue, head),
-            "failedJobs": int(failed_jobs),
+            "events": figures.events,
+            "jobs": figures.jobs,
+            "startedJobs": figures.started,
+            "oldestAgeSeconds": None if age is None else round(age, 3),
+            "failedJobs": figures.failed_jobs,
         },
         "redis": {
             "reachable": True,
@@ -63,37 +68,17 @@ def redis_stats(connection: redis.Redis, queue: Queue) -> dict[str, Any]:
             "maxMemory": int(memory.get("maxmemory", 0)),
             "maxMemoryPolicy": str(memory.get("maxmemory_policy", "")),
         },
-        "workers": worker_stats(connection, queue),
+        "workers": worker_stats(queue),
     }
 
 
-def _head_age(connection: redis.Redis, queue: Queue, head: bytes | None) -> float | None:
-    """Seconds the job at the head of the queue (the oldest waiting) has been queued."""
-    if head is None:
-        return None
-    prefix = queue.job_class.redis_job_namespace_prefix
-    age = queued_seconds(cast(bytes | None, connection.hget(prefix + head.decode(), "enqueued_at")))
-    return None if age is None else round(age, 3)
-
-
-def worker_stats(connection: redis.Redis, queue: Queue) -> list[dict[str, Any]]:
-    workers = Worker.all(queue=queue, serializer=JSONSerializer)
+def worker_stats(queue: JobQueue) -> list[dict[str, Any]]:
     now = utcnow()
     found = []
-    for w in sorted(workers, key=lambda w: (w.hostname or "", w.pid or 0)):
-        beat = aware(w.last_heartbeat) if w.last_heartbeat else None
-        found.append(
-            {
-                "name": w.name,
-                "hostname": w.hostname,
-                "pid": w.pid,
-                "state": w.get_state(),
-                "currentJob": w.get_current_job_id(),
-                "jobsDone": w.successful_job_count,
-                "jobsFailed": w.failed_job_count,
-                "heartbeatAgeSeconds": round((now - beat).total_seconds(), 1) if beat else None,
-            }
-        )
+    for w in sorted(workers(queue), key=lambda w: (w["hostname"] or "", w["pid"] or 0)):
+        beat = w.pop("lastHeartbeat")
+        w["heartbeatAgeSeconds"] = round((now - beat).total_seconds(), 1) if beat else None
+        found.append(w)
     return found
 
 
@@ -121,7 +106,8 @@ def describe_stats(data: dict[str, Any]) -> str:
         limit = red["maxMemory"]
         lines += [
             f"totals: accepted {t['accepted']}, stored {t['stored']}, failed: {failed}",
-            f"queue: {q['events']} events in {q['jobs']} jobs, oldest queued "
+            f"queue: {q['events']} events in {q['jobs']} jobs ({q['startedJobs']} started), "
+            + "oldest queued "
             + (f"{age:.1f}s ago" if age is not None else "-")
             + f", {q['failedJobs']} failed jobs in RQ",
             f"redis memory: {_mb(red['usedMemory'])} of "
@@ -155,7 +141,7 @@ def watch(services: Any, interval: float, as_json: bool) -> int:
     """Redraw every `interval` seconds until Ctrl-C (JSON: one object per line)."""
     try:
         while True:
-            data = collect(services.engine, services.redis, services.queue)
+            data = collect(services.engine, services.queue)
             if as_json:
                 print(json.dumps(data), flush=True)
             else:

@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import redis
-from rq import Queue
 from sqlalchemy import Engine
 
 from shared.db import make_engine
-from shared.queue import connect_redis, make_queue
+from shared.queue import JobQueue, connect_redis, make_queue
 from shared.settings import Settings, get_settings
 
 
@@ -23,7 +22,7 @@ class WorkerContext:
     settings: Settings
     engine: Engine
     redis: redis.Redis
-    queue: Queue
+    queue: JobQueue
 
 
 @lru_cache(maxsize=1)

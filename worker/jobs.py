@@ -7,25 +7,26 @@ import time
 from collections import Counter
 from typing import Any
 
-from rq import get_current_job
-from rq.job import JobStatus
-
 from shared import jsonio
 from shared.errors import EventpipeError
 from shared.queue import (
+    EVENT,
     FAILED_KEY,
-    JOB_FUNC,
+    GROUP,
     OUTCOMES_CHANNEL,
     PENDING_KEY,
-    REPLAY_JOB_PREFIX,
     STORED_KEY,
     Event,
-    job_options,
-    make_payload,
+    RunningJob,
+    add_failed_event,
+    claim_jobs,
+    claimed_events,
+    fail_running_job,
+    finish_claimed,
     read_payload,
+    running_job,
 )
 from worker import metrics
-from worker.claim import claim_jobs, claimed_events, finish_claimed
 from worker.context import WorkerContext, get_context
 from worker.events import BatchOutcome, store_batch
 
@@ -39,26 +40,37 @@ class EventFailed(EventpipeError):
 def store_events(payload: dict[str, Any]) -> dict[str, int]:
     started = time.perf_counter()
     ctx = get_context()
-    batch = read_payload(payload)
-    replay = bool(payload.get("replay"))
-    job = get_current_job()
-    job_id = job.id if job is not None else ""
-    claimed = [] if replay or not job_id else claim_jobs(ctx, job_id)
-    batch += claimed_events(ctx, claimed)
-    outcome = store_batch(ctx.engine, batch, replay=replay)
-    # The event's own failed job, requeued (`rq requeue`), fails again as itself; a replay
+    job = running_job() or RunningJob("", "")
+    found = read_payload(payload, job.id)
+    batch = found.events
+    claimed = _claim(ctx, job) if found.kind == GROUP else []
+    batch += claimed_events(ctx.queue, claimed)
+    outcome = store_batch(ctx.engine, batch, replay=found.kind != GROUP)
+    # An event's own failed job, requeued (`rq requeue`), fails again as itself; a replay
     # job of `eventpipe replay` (or a group job) splits its failures out.
-    fails_itself = replay and bool(outcome.failed) and not job_id.startswith(REPLAY_JOB_PREFIX)
-    _finish(ctx, job_id, batch, outcome, claimed, split_failures=not fails_itself)
-    _observe(job_id, batch, outcome, claimed, time.perf_counter() - started)
+    fails_itself = found.kind == EVENT and bool(outcome.failed)
+    _finish(ctx, job, batch, outcome, claimed, split_failures=not fails_itself)
+    _observe(job.id, batch, outcome, claimed, time.perf_counter() - started)
     if fails_itself:
-        _fail_current_job(outcome.failed[0][1])
+        error = outcome.failed[0][1]
+        fail_running_job(error)
+        raise EventFailed(error.message, code=error.code, status=error.status)
     return {"stored": len(outcome.stored), "failed": len(outcome.failed), "jobs": 1 + len(claimed)}
+
+
+def _claim(ctx: WorkerContext, job: RunningJob) -> list[str]:
+    """More queued group jobs for this one to store, claimed in the worker's name (outside a
+    worker, as in a test calling the function, nothing is claimed)."""
+    if not job.worker_name:
+        return []
+    settings = ctx.settings
+    room, ttl = settings.worker_claim_jobs, settings.worker_heartbeat_seconds
+    return claim_jobs(ctx.queue, job.worker_name, room, ttl)
 
 
 def _finish(
     ctx: WorkerContext,
-    job_id: str,
+    job: RunningJob,
     batch: list[Event],
     outcome: BatchOutcome,
     claimed: list[str],
@@ -70,11 +82,11 @@ def _finish(
     the claimed jobs and count the outcome for `eventpipe stats`."""
     with ctx.redis.pipeline(transaction=True) as pipe:
         pipe.hdel(PENDING_KEY, *[e["id"] for e in batch])
-        finish_claimed(ctx, pipe, job_id, claimed)
+        finish_claimed(ctx.queue, pipe, job.worker_name, claimed)
         _count_outcome(pipe, outcome)
         if split_failures:
             for event, error in outcome.failed:
-                _add_failed_job(ctx, event, error, pipe)
+                add_failed_event(ctx.queue, pipe, event, error)
         _announce(pipe, outcome)
         pipe.execute()
 
@@ -129,32 +141,3 @@ def _count_outcome(pipe: Any, outcome: BatchOutcome) -> None:
         pipe.incrby(STORED_KEY, outcome.inserted)
     for code, n in Counter(error.code for _, error in outcome.failed).items():
         pipe.hincrby(FAILED_KEY, code, n)
-
-
-def _add_failed_job(ctx: WorkerContext, event: Event, error: EventpipeError, pipe: Any) -> None:
-    # No retries: a replay that fails again is listed again, it does not loop.
-    options = {**job_options(ctx.settings), "retry": None}
-    job = ctx.queue.create_job(
-        JOB_FUNC,
-        args=(make_payload([event], replay=True),),
-        job_id=event["id"],
-        meta={"code": error.code, "message": error.message, "projectId": event["projectId"]},
-        status=JobStatus.FAILED,
-        **options,
-    )
-    job.origin = ctx.queue.name
-    job.save(pipeline=pipe)
-    ctx.queue.failed_job_registry.add(
-        job,
-        ttl=ctx.settings.failure_ttl,
-        exc_string=f"{error.code}: {error.message}",
-        pipeline=pipe,
-    )
-
-
-def _fail_current_job(error: EventpipeError) -> None:
-    job = get_current_job()
-    if job is not None:
-        job.meta.update(code=error.code, message=error.message)
-        job.save_meta()  # type: ignore[no-untyped-call]
-    raise EventFailed(error.message, code=error.code, status=error.status)

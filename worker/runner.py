@@ -16,12 +16,17 @@ from typing import Any
 
 from redis.exceptions import RedisError
 from rq import SimpleWorker
+from rq.executions import Execution
+from rq.job import Job
+from rq.queue import Queue
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from shared.db import ping
 from shared.errors import StoreUnavailable
 from shared.logs import configure_logging
 from shared.metrics import registry, use_directory
+from shared.queue import release_claims, release_legacy_claims, renew_claims
 from shared.settings import get_settings
 from worker import metrics
 from worker.context import get_context
@@ -34,37 +39,66 @@ class EventWorker(SimpleWorker):
     a store outage into a pause instead of a failure: the job goes back to the front of the
     queue and the worker stops dequeuing until the store answers again."""
 
-    def get_heartbeat_ttl(self, job: Any) -> int:
+    # The previous release's claimed lists are looked for at start and at each maintenance
+    # pass until none is left (claims.release_legacy_claims).
+    legacy_claims_left = True
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # RQ's SimpleWorker keeps a job in the started registry for its timeout + 60 s and
         # never renews it: a killed worker's job waited ~2.5 min to be found abandoned. A
         # short entry, renewed while the job runs (_JobHeartbeat), is found within seconds.
         return get_context().settings.worker_heartbeat_seconds
 
-    def perform_job(self, job: Any, queue: Any) -> bool:
-        with _JobHeartbeat(self, job, self.get_heartbeat_ttl(job)):
-            return bool(super().perform_job(job, queue))
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        with _JobHeartbeat(self, job, execution, self.get_heartbeat_ttl(job)):
+            return bool(super().perform_job(job, queue, execution))
 
-    def handle_exception(self, job: Any, *exc_info: Any) -> None:
+    def run_maintenance_tasks(self) -> None:
+        super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
+        if self.legacy_claims_left:
+            self.legacy_claims_left = not release_legacy_claims(get_context().queue)
+
+    def handle_exception(self, job: Job, *exc_info: Any) -> None:
         if isinstance(exc_info[1], StoreUnavailable):
             log.warning("store unavailable while running job %s; it is requeued", job.id)
             return
         super().handle_exception(job, *exc_info)
 
     def handle_job_failure(
-        self, job: Any, queue: Any, started_job_registry: Any = None, exc_string: str = ""
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: StartedJobRegistry | None = None,
+        exc_string: str = "",
+        execution: Execution | None = None,
     ) -> None:
+        self._release_claims()
         # Called from inside RQ's `except:` block, so the exception is still current.
         if isinstance(sys.exc_info()[1], StoreUnavailable):
-            self._requeue_for_store(job, queue)
+            self._requeue_for_store(job, queue, execution)
             return
         super().handle_job_failure(
-            job, queue, started_job_registry=started_job_registry, exc_string=exc_string
+            job,
+            queue,
+            started_job_registry=started_job_registry,
+            exc_string=exc_string,
+            execution=execution,
         )
 
-    def _requeue_for_store(self, job: Any, queue: Any) -> None:
+    def _release_claims(self) -> None:
+        """The failed job's claimed group jobs go back to the queue, unspent: they did not
+        fail. With Redis away they stay claimed, and RQ's cleanup brings them back once their
+        entries expire, as for a dead worker."""
+        try:
+            release_claims(get_context().queue, self.name)
+        except RedisError as exc:
+            log.warning("could not give claimed jobs back (%s); they come back on expiry", exc)
+
+    def _requeue_for_store(self, job: Job, queue: Queue, execution: Execution | None) -> None:
         with self.connection.pipeline() as pipe:
             pipe.multi()  # RQ's enqueue_job wants MULTI before any command on the pipeline
-            self.cleanup_execution(job, pipeline=pipe)
+            # RQ 3 cleans an execution only when it is passed (worker.execution is not read).
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
             queue.enqueue_job(job, pipeline=pipe, at_front=True)
             pipe.execute()
         self.wait_for_store()
@@ -83,11 +117,12 @@ class EventWorker(SimpleWorker):
 
 
 class _JobHeartbeat:
-    """Renews the running job's started-registry entry every third of its TTL, from a thread
-    (the job runs in this one), so that only a dead worker's job ever expires."""
+    """Renews the running job's started-registry entry, and those of the group jobs it
+    claimed, every third of their TTL, from a thread (the job runs in this one), so that only
+    a dead worker's jobs ever expire."""
 
-    def __init__(self, worker: EventWorker, job: Any, ttl: int) -> None:
-        self._worker, self._job, self._ttl = worker, job, ttl
+    def __init__(self, worker: EventWorker, job: Job, execution: Execution, ttl: int) -> None:
+        self._worker, self._job, self._execution, self._ttl = worker, job, execution, ttl
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="job-heartbeat", daemon=True)
 
@@ -99,13 +134,12 @@ class _JobHeartbeat:
         self._thread.join()
 
     def _run(self) -> None:
+        queue = get_context().queue
         while not self._stop.wait(self._ttl / 3):
-            execution = self._worker.execution
-            if execution is None:
-                continue
             try:
                 with self._worker.connection.pipeline() as pipe:
-                    execution.heartbeat(self._job.started_job_registry, self._ttl, pipe)
+                    self._execution.heartbeat(self._job.started_job_registry, self._ttl, pipe)
+                    renew_claims(queue, pipe, self._worker.name, self._ttl)
                     self._worker.heartbeat(self._ttl + 60, pipeline=pipe)
                     pipe.execute()
             except RedisError as exc:  # the next beat may get through; the job goes on
@@ -117,7 +151,7 @@ def run_worker(burst: bool = False) -> bool:
     settings = ctx.settings
     configure_logging(settings.log_level, settings.log_format)
     worker = EventWorker(
-        [ctx.queue],
+        [ctx.queue.rq],
         connection=ctx.redis,
         serializer=JSONSerializer,
         maintenance_interval=settings.worker_maintenance_seconds,

@@ -7,8 +7,7 @@ outage must not take the API out of a load balancer (stats and metrics report th
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import Any, cast
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -22,7 +21,7 @@ from api.http import error_response, ok
 from api.state import resources
 from shared.errors import ServiceUnavailable
 from shared.metrics import registry
-from shared.queue import PENDING_KEY, queued_seconds
+from shared.queue import queue_figures_async
 
 
 async def healthz(request: Request) -> Response:
@@ -33,8 +32,7 @@ async def readyz(request: Request) -> Response:
     state = resources(request)
     checks = {"redis": True, "config": state.cache.loaded}
     try:
-        # redis-py types each command for its sync and async clients at once.
-        await cast("Awaitable[bool]", state.redis.ping())
+        await state.redis.ping()
     except RedisError:
         checks["redis"] = False
     if all(checks.values()):
@@ -58,28 +56,18 @@ async def _queue_figures(request: Request) -> dict[str, float]:
     """Read per scrape, from Redis: the same for every API process, so not a per-process
     metric (adding them up across processes would be wrong)."""
     state = resources(request)
-    queue = state.queue
-    async with state.redis.pipeline(transaction=False) as pipe:
-        pipe.hlen(PENDING_KEY)
-        pipe.llen(queue.key)
-        pipe.lindex(queue.key, 0)
-        pipe.zcard(queue.failed_job_registry.key)
-        pipe.dbsize()
-        events, jobs, head, failed_jobs, keys = await pipe.execute()
+    figures = await queue_figures_async(state.queue, state.redis)
+    keys = await state.redis.dbsize()
     try:
         memory = await state.redis.info("memory")
     except ResponseError:  # a server or proxy that refuses INFO: no memory figures
         memory = {}
-    age = 0.0
-    if head is not None:
-        prefix = queue.job_class.redis_job_namespace_prefix
-        enqueued_at = state.redis.hget(prefix + head.decode(), "enqueued_at")
-        age = queued_seconds(await cast("Awaitable[bytes | None]", enqueued_at)) or 0
     return {
-        "queue_events": float(events),
-        "queue_jobs": float(jobs),
-        "queue_oldest_age_seconds": max(age, 0.0),
-        "failed_jobs": float(failed_jobs),
+        "queue_events": float(figures.events),
+        "queue_jobs": float(figures.jobs),
+        "queue_started_jobs": float(figures.started),
+        "queue_oldest_age_seconds": max(figures.oldest_age or 0.0, 0.0),
+        "failed_jobs": float(figures.failed_jobs),
         "redis_keys": float(keys),
         "redis_used_memory_bytes": float(memory.get("used_memory", 0)),
         "redis_max_memory_bytes": float(memory.get("maxmemory", 0)),
@@ -90,6 +78,7 @@ _HELP = {
     "redis_up": "1 when this API process reached Redis for this scrape",
     "queue_events": "Events accepted and not yet stored or failed",
     "queue_jobs": "Jobs waiting in the queue",
+    "queue_started_jobs": "Jobs running or claimed by a running job (RQ's started registry)",
     "queue_oldest_age_seconds": "Seconds the oldest waiting job has been queued (0: none)",
     "failed_jobs": "Jobs in RQ's failed registry",
     "redis_keys": "Keys in eventpipe's Redis database (DBSIZE): with Idempotency-Key in use, "

@@ -12,8 +12,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from redis.exceptions import RedisError
-from rq.exceptions import NoSuchJobError
-from rq.job import Job
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -53,7 +51,6 @@ from api.observe import EVENT_ID, SEND_PATH
 from api.outcomes import Outcome, parse_prefer_wait
 from api.schema import check_send
 from api.state import Resources, resources
-from ops.failed import forget_failed_jobs
 from shared.db import delete_failed, transaction
 from shared.errors import (
     EventpipeError,
@@ -63,7 +60,14 @@ from shared.errors import (
 )
 from shared.ids import is_id
 from shared.models import failed_events
-from shared.queue import FAILED_KEY, PENDING_KEY, Event, Record, read_payload
+from shared.queue import (
+    FAILED_KEY,
+    PENDING_KEY,
+    Event,
+    Record,
+    forget_failed_jobs,
+    queued_payload,
+)
 from shared.settings import MAX_SEND_BODY_BYTES
 
 log = logging.getLogger("eventpipe.api")
@@ -172,7 +176,7 @@ async def _forget_failed(request: Request, event: Event) -> bool:
         with transaction(state.engine) as conn:
             delete_failed(failed_events, [event["id"]], conn=conn)
         queue = state.queue
-        forget_failed_jobs(queue.connection, queue, [event["id"]])
+        forget_failed_jobs(queue, [event["id"]])
         queue.connection.hincrby(FAILED_KEY, contact_not_found_for_event().code, -1)
 
     try:
@@ -223,12 +227,12 @@ def _queued_event(request: Request, project_id: str, event_id: str) -> dict[str,
         job_id = cast("bytes | None", queue.connection.hget(PENDING_KEY, event_id))
         if job_id is None:
             return None
-        job = Job.fetch(job_id.decode(), connection=queue.connection, serializer=queue.serializer)
-    except NoSuchJobError:
-        return None
+        payload = queued_payload(queue, job_id.decode())
     except RedisError as exc:
         raise QueueUnavailable() from exc
-    for event in read_payload(job.args[0]):
+    if payload is None:
+        return None
+    for event in payload.events:
         if event["id"] == event_id and event["projectId"] == project_id:
             return {**store.queued_view(event), "status": "queued"}
     return None

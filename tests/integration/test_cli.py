@@ -57,7 +57,7 @@ def test_worker_processes_drain_the_queue_together(
     queue = make_queue(settings, redis_client)
     for _ in range(40):
         enqueue_events(
-            JobWriter(queue, settings),
+            JobWriter(queue),
             queue.connection,
             [_event(project_id, "jane@example.com") for _ in range(25)],
         )

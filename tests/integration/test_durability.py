@@ -10,7 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 import httpx2 as httpx
 import pytest
@@ -182,7 +182,7 @@ def test_fsync_refuses_to_start_against_a_server_without_waitaof(database_url: s
     server = RedisServer()  # redis-server from PATH
     try:
         client = redis.Redis.from_url(server.url)
-        version = str(cast(dict[str, Any], client.info("server"))["redis_version"])
+        version = str(client.info("server")["redis_version"])
         client.close()
         if tuple(int(n) for n in version.split(".")[:2]) >= (7, 2):
             pytest.skip(f"redis-server on PATH is {version}: it has WAITAOF")

@@ -34,7 +34,7 @@ def test_a_store_outage_is_waited_out_and_the_queued_job_is_stored(
     settings = Settings(database_url=pg_cluster.url, redis_url=REDIS_URL)
     queue = make_queue(settings, redis_client)
     event = _event(project_id, "jane@example.com")
-    enqueue_events(JobWriter(queue, settings), queue.connection, [event])
+    enqueue_events(JobWriter(queue), queue.connection, [event])
     engine.dispose()
     pg_cluster.stop()
 
@@ -43,7 +43,7 @@ def test_a_store_outage_is_waited_out_and_the_queued_job_is_stored(
         # The worker takes the job, finds the store down, puts the job back and waits.
         wait_until(lambda: "requeued" in worker.output(), 30, "the worker to meet the outage")
         time.sleep(3)
-        assert queue.failed_job_registry.count == 0
+        assert queue.rq.failed_job_registry.count == 0
         assert worker.proc.poll() is None, worker.output()
         pg_cluster.start()
         engine = create_engine(pg_cluster.url)
@@ -53,7 +53,7 @@ def test_a_store_outage_is_waited_out_and_the_queued_job_is_stored(
                 return conn.execute(select(events.c.id)).scalars().all() == [event["id"]]
 
         wait_until(stored, 60, "the event to be stored after the outage", step=0.3)
-        assert queue.failed_job_registry.count == 0
+        assert queue.rq.failed_job_registry.count == 0
         engine.dispose()
     finally:
         worker.stop()

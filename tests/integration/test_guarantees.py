@@ -19,7 +19,8 @@ from sqlalchemy import Engine, create_engine, func, select
 from cli.migrate import upgrade
 from shared.db import transaction
 from shared.models import events, failed_event_attempts, failed_events
-from shared.queue import PENDING_KEY
+from shared.queue import PENDING_KEY, make_queue
+from shared.settings import Settings
 from tests.integration.conftest import REDIS_URL, service_env
 from tests.integration.services import (
     PostgresCluster,
@@ -131,6 +132,22 @@ def test_prefer_wait_gives_autosends_answers(
     assert _count(engine, failed_events) == _count(engine, failed_event_attempts) == 0
     assert redis_client.zcard("rq:failed:eventpipe") == 0
     assert _count(engine, events) == 11
+
+
+def test_the_outcome_subscription_outlives_more_than_redis_pys_default_timeout_of_idle(
+    env: dict[str, str], procs_cleanup: list[Proc]
+) -> None:
+    """redis-py 8.0.x dropped a pub/sub connection left idle past its 5 s default socket
+    timeout; 8.1 does not, and the subscriber sets no timeout (why pyproject asks for
+    redis>=8.1). After 7 s with no message at all, a waited send still gets its 201."""
+    api, base = start_api(env)
+    procs_cleanup.append(api)
+    key = _project(env, base)
+    procs_cleanup.append(start_worker(env))
+    with httpx.Client(base_url=base, headers=auth(key), timeout=30) as http:
+        time.sleep(7)  # the idle period is what is tested: no outcome is published meanwhile
+        answer = http.post("/v1/events/send", json=SEED, headers={"Prefer": "wait=10"})
+    assert answer.status_code == 201, answer.text
 
 
 # --- fault 5: the same key retried in parallel while a worker is killed ---------------
@@ -254,11 +271,11 @@ def test_a_backlog_over_its_limit_refuses_before_redis_would(
         wait_until(lambda: load.statuses.get(503, 0) >= 50, 60, "the backlog limit")
         accepted = load.stop()
         client = redis.Redis.from_url(server.url)
-        errors: dict[str, Any] = client.info("errorstats")  # type: ignore[assignment]
+        errors: dict[str, Any] = client.info("errorstats")
         assert not any("OOM" in name for name in errors), errors
         # The limit is soft by what one backlog poll (0.1 s) lets through.
         assert 5000 <= len(accepted) <= 6000, len(accepted)
-        memory: dict[str, Any] = client.info("memory")  # type: ignore[assignment]
+        memory: dict[str, Any] = client.info("memory")
         print(f"used_memory at the limit: {memory['used_memory_human']}")
         procs_cleanup.append(start_worker(env))
         with httpx.Client(base_url=base, headers=auth(key), timeout=10) as http:
@@ -279,11 +296,14 @@ def test_a_backlog_over_its_limit_refuses_before_redis_would(
 
 
 def test_a_worker_killed_mid_batch_is_recovered_with_the_default_settings(
-    env: dict[str, str], engine: Engine, procs_cleanup: list[Proc]
+    env: dict[str, str], engine: Engine, redis_client: redis.Redis, procs_cleanup: list[Proc]
 ) -> None:
-    """The worker is caught inside its insert (the events table is locked), then killed. With
-    the default settings, another worker finds the job abandoned (its heartbeat stops) and
-    stores every accepted event, once, within the 60 s the README promises."""
+    """The worker is caught inside its insert (the events table is locked), then SIGKILLed.
+    The job it ran and the group jobs it claimed are RQ started work; with the default
+    settings their entries expire and RQ's StartedJobRegistry cleanup, at another worker's
+    maintenance, requeues each of them exactly once (one retry spent each). Every accepted
+    event is stored, once, within the 60 s the README promises, and every one of those jobs
+    ends finished in RQ's finished registry."""
     defaults = {k: v for k, v in env.items() if not k.startswith("WORKER_")}
     api, base = start_api(defaults)
     procs_cleanup.append(api)
@@ -292,21 +312,33 @@ def test_a_worker_killed_mid_batch_is_recovered_with_the_default_settings(
         accepted = [
             http.post("/v1/events/send", json=SEED).json()["data"]["id"] for _ in range(200)
         ]
+    queue = make_queue(Settings(redis_url=REDIS_URL), redis_client)
     with engine.connect() as blocker:
         blocker.exec_driver_sql("BEGIN")
         blocker.exec_driver_sql("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
         victim = start_worker(defaults)
         procs_cleanup.append(victim)
         wait_until(lambda: _waiting_on_lock(engine), 30, "the worker to be inside its insert")
+        taken = queue.rq.started_job_registry.get_job_ids(cleanup=False)
         os.kill(victim.proc.pid, signal.SIGKILL)
         victim.proc.wait()
         blocker.exec_driver_sql("ROLLBACK")
+    assert len(taken) > 1  # the running job and the group jobs it claimed
     killed_at = time.monotonic()
     procs_cleanup.append(start_worker(defaults))
     wait_until(lambda: len(_stored_ids(engine)) == len(accepted), 60, "every event stored")
     print(f"recovered {time.monotonic() - killed_at:.1f} s after the kill")
     stored = _stored_ids(engine)
     assert sorted(stored) == sorted(accepted)
+    wait_until(lambda: redis_client.hlen(PENDING_KEY) == 0, 10, "the outcomes recorded")
+    finished = set(queue.rq.finished_job_registry.get_job_ids())
+    retries = Settings().job_retries
+    for job_id in taken:
+        job = queue.rq.fetch_job(job_id)
+        assert job is not None and job.get_status() == "finished" and job_id in finished
+        assert job.retries_left == retries - 1, job_id  # recovered once, by one path
+    assert queue.rq.started_job_registry.get_job_ids(cleanup=False) == []
+    assert redis_client.keys("eventpipe:claimed:*") == []
 
 
 def _waiting_on_lock(engine: Engine) -> bool:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 import httpx2 as httpx
 import psutil
@@ -137,7 +137,7 @@ def test_replay_by_code_stores_each_fixed_event_once_and_lists_the_others_again(
             assert http.post("/v1/contacts/email", json={"email": email}).status_code == 200
         # One registry entry expired meanwhile: the replay works from PostgreSQL's record.
         queue = make_queue(Settings(redis_url=env["REDIS_URL"]), redis_client)
-        queue.failed_job_registry.remove(fixed[0], delete_job=True)
+        queue.rq.failed_job_registry.remove(fixed[0], delete_job=True)
 
         summary = cli_json(env, "replay", "--code", CNF, "--wait", "60")
         assert summary["requeued"] == 6 and summary["skipped"] == {}
@@ -152,7 +152,7 @@ def test_replay_by_code_stores_each_fixed_event_once_and_lists_the_others_again(
         assert again[other["id"]]["attempts"] == 1 and again[other["id"]]["code"] != CNF
         history = cli_json(env, "failed", "show", unfixed[0])["history"]
         assert [h["code"] for h in history] == [CNF, CNF]
-        assert sorted(queue.failed_job_registry.get_job_ids()) == sorted(unfixed)
+        assert sorted(queue.rq.failed_job_registry.get_job_ids()) == sorted(unfixed)
         for event_id in fixed:
             assert http.get(f"/v1/events/{event_id}").json()["data"]["status"] == "stored"
         assert http.get(f"/v1/events/{unfixed[0]}").json()["data"]["status"] == "failed"
@@ -170,7 +170,7 @@ def _failures(env: dict[str, str], engine: Engine, redis_client: redis.Redis, n:
     settings = Settings(database_url=env["DATABASE_URL"], redis_url=env["REDIS_URL"])
     queue = make_queue(settings, redis_client)
     batch = [_event(project_id, f"ghost{i}@example.com") for i in range(n)]
-    enqueue_events(JobWriter(queue, settings), redis_client, batch)
+    enqueue_events(JobWriter(queue), redis_client, batch)
     worker = start_worker(env, "--burst")
     assert worker.proc.wait(60) == 0, worker.output()
     assert len(failed_rows(engine)) == n
@@ -186,13 +186,13 @@ def test_replay_skips_what_is_on_its_way_or_stored_and_never_stores_twice(
 
     dry = cli_json(env, "replay", "--all", "--dry-run")
     assert (dry["matched"], dry["requeued"], dry["dryRun"]) == (5, 5, True)
-    assert redis_client.hlen(PENDING_KEY) == 0 and queue.count == 0
+    assert redis_client.hlen(PENDING_KEY) == 0 and queue.rq.count == 0
 
     # Requeued once with no worker running: a second run finds it on its way.
     first = cli_json(env, "replay", "--id", ids[0], "--wait", "0")
     assert first["requeued"] == 1
     # Another requeued by RQ's own tool meanwhile, as the README used to suggest.
-    queue.failed_job_registry.requeue(ids[1])
+    queue.rq.failed_job_registry.requeue(ids[1])
     # Another stored meanwhile (by any path): its failure record is stale.
     with transaction(engine) as conn:
         row = conn.execute(select(failed_events).where(failed_events.c.id == ids[2])).one()
@@ -228,7 +228,7 @@ def test_replay_skips_what_is_on_its_way_or_stored_and_never_stores_twice(
     assert worker.proc.wait(60) == 0, worker.output()
     assert stored_ids(engine) == ids
     assert failed_rows(engine) == {}
-    assert queue.failed_job_registry.count == 0
+    assert queue.rq.failed_job_registry.count == 0
     with transaction(engine) as conn:
         assert conn.execute(select(func.count()).select_from(failed_event_attempts)).scalar() == 0
 
@@ -264,8 +264,8 @@ def test_failed_list_show_and_purge_with_filters(
     assert run_cli(env, "failed", "purge", "--code", CNF, "--yes").strip() == "purged 3"
     assert list(failed_rows(engine)) == [other["id"]]
     queue = make_queue(Settings(redis_url=env["REDIS_URL"]), redis_client)
-    assert queue.failed_job_registry.count == 0
-    assert all(queue.fetch_job(i) is None for i in ids)
+    assert queue.rq.failed_job_registry.count == 0
+    assert all(queue.rq.fetch_job(i) is None for i in ids)
     assert "--all" in cli_fails(env, "replay").stderr
 
 
@@ -310,7 +310,7 @@ def test_stats_shows_totals_queue_memory_workers_and_failures(
     project_id = failed_rows(engine)[ids[0]].project_id
     settings = Settings(database_url=env["DATABASE_URL"], redis_url=env["REDIS_URL"])
     queue = make_queue(settings, redis_client)
-    writer = JobWriter(queue, settings)
+    writer = JobWriter(queue)
     for _ in range(2):
         enqueue_events(writer, redis_client, [_event(project_id, "jane@example.com")] * 2)
 
@@ -327,7 +327,13 @@ def test_stats_shows_totals_queue_memory_workers_and_failures(
     wait_until(lambda: len(cli_json(env, "stats")["workers"]) == 1, 30, "the worker to register")
     busy = cli_json(env, "stats")
     assert busy["totals"]["stored"] == 2  # two distinct events; duplicates are not counted
-    assert busy["queue"] == {"events": 0, "jobs": 0, "oldestAgeSeconds": None, "failedJobs": 3}
+    assert busy["queue"] == {
+        "events": 0,
+        "jobs": 0,
+        "startedJobs": 0,
+        "oldestAgeSeconds": None,
+        "failedJobs": 3,
+    }
     assert busy["workers"][0]["state"] in ("idle", "busy")
     text = run_cli(env, "stats")
     assert "workers alive: 1" in text and f"{CNF} 3" in text
@@ -430,7 +436,7 @@ def test_readyz_follows_redis_but_not_the_store(
 def _queue_jobs(env: dict[str, str], redis_client: redis.Redis, jobs: list[list[Any]]) -> None:
     settings = Settings(database_url=env["DATABASE_URL"], redis_url=env["REDIS_URL"])
     queue = make_queue(settings, redis_client)
-    writer = JobWriter(queue, settings)
+    writer = JobWriter(queue)
     for batch in jobs:
         enqueue_events(writer, redis_client, batch)
 
@@ -533,10 +539,10 @@ def _busy_worker(env: dict[str, str], engine: Engine, redis_client: redis.Redis)
     worker = start_worker(env, "--processes", "2")
     wait_until(lambda: len(_children(worker)) == 2, 30, "two worker processes")
     queue = make_queue(Settings(redis_url=env["REDIS_URL"]), redis_client)
-    wait_until(lambda: len(Worker.all(queue=queue)) == 2, 30, "two registered workers")
+    wait_until(lambda: len(Worker.all(queue=queue.rq)) == 2, 30, "two registered workers")
     _queue_jobs(env, redis_client, [[_event(project_id, "jane@example.com")]])
     wait_until(
-        lambda: any(w.get_state() == "busy" for w in Worker.all(queue=queue)),
+        lambda: any(w.get_state() == "busy" for w in Worker.all(queue=queue.rq)),
         30,
         "a worker to take the job",
     )
@@ -585,7 +591,7 @@ def test_second_sigterm_stops_the_workers_at_once(
 
 
 def pending(redis_client: redis.Redis) -> int:
-    return int(cast(int, redis_client.hlen(PENDING_KEY)))
+    return redis_client.hlen(PENDING_KEY)
 
 
 def test_an_interrupted_replay_run_again_queues_each_event_once(

@@ -16,7 +16,8 @@ from shared.clock import iso_ms, parse_iso_ms, utcnow
 from shared.db import transaction
 from shared.ids import new_id
 from shared.models import contacts, events, failed_events
-from shared.queue import JobWriter, add_job, enqueue_events, make_payload, make_queue
+from shared.queue import JobWriter, enqueue_events, make_payload, make_queue
+from shared.queue.enqueue import JOB_FUNC, job_options
 from shared.settings import Settings
 from tests.factories import DEFINITION, SEND
 from tests.integration.services import Proc, run_cli, start_api, start_worker, wait_until
@@ -103,7 +104,7 @@ def test_unknown_contact_fails_alone_while_its_batch_mates_are_stored(
     queue = make_queue(settings, redis_client)
     good = [_event(project_id, "jane@example.com") for _ in range(3)]
     bad = _event(project_id, "ghost@example.com")
-    enqueue_events(JobWriter(queue, settings), queue.connection, [good[0], bad, *good[1:]])
+    enqueue_events(JobWriter(queue), queue.connection, [good[0], bad, *good[1:]])
     worker = start_worker(env, "--burst")
     assert worker.proc.wait(60) == 0, worker.output()
 
@@ -112,8 +113,8 @@ def test_unknown_contact_fails_alone_while_its_batch_mates_are_stored(
         failed = conn.execute(select(failed_events)).one()
     assert stored == {e["id"] for e in good}
     assert failed.id == bad["id"] and failed.code == "CONTACT_NOT_FOUND_FOR_EVENT"
-    assert queue.failed_job_registry.get_job_ids() == [bad["id"]]
-    job = queue.fetch_job(bad["id"])
+    assert queue.rq.failed_job_registry.get_job_ids() == [bad["id"]]
+    job = queue.rq.fetch_job(bad["id"])
     assert job is not None and job.meta["code"] == "CONTACT_NOT_FOUND_FOR_EVENT"
 
 
@@ -124,15 +125,15 @@ def test_the_same_events_enqueued_twice_are_stored_once(
     settings = _settings(env)
     queue = make_queue(settings, redis_client)
     payload = make_payload([_event(project_id, "jane@example.com") for _ in range(50)])
-    with redis_client.pipeline() as pipe:
-        add_job(queue, settings, payload, pipe)
-        add_job(queue, settings, payload, pipe)
-        pipe.execute()
-    assert queue.count == 2
+    for _ in range(2):  # through RQ's own enqueue
+        queue.rq.enqueue_job(
+            queue.rq.create_job(JOB_FUNC, args=(payload,), **job_options(settings))
+        )
+    assert queue.rq.count == 2
     worker = start_worker(env, "--burst")
     assert worker.proc.wait(60) == 0, worker.output()
     assert count(engine, events) == 50
-    assert queue.failed_job_registry.count == 0
+    assert queue.rq.failed_job_registry.count == 0
 
 
 def test_revoked_key_is_refused_within_a_second_by_every_api_process(

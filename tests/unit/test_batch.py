@@ -44,8 +44,8 @@ def test_all_good_items_are_one_job_and_stored_in_order(
     data = r.json()["data"]
     assert (data["accepted"], data["duplicates"], data["rejected"]) == (500, 0, 0)
     assert [x["index"] for x in data["receipts"]] == list(range(500))
-    assert worker_ctx.queue.count == 1
-    payload_ids = [e["id"] for e in worker_ctx.queue.jobs[0].args[0]["events"]]
+    assert worker_ctx.queue.rq.count == 1
+    payload_ids = [e["id"] for e in worker_ctx.queue.rq.jobs[0].args[0]["events"]]
     assert payload_ids == [x["id"] for x in data["receipts"]]
     run_queued_jobs(worker_ctx)
     assert stored_ids(engine) == set(payload_ids)
@@ -82,7 +82,7 @@ def test_mixed_items_each_get_their_own_receipt(
     single = client.post("/v1/events/send", json=BAD_VALUE, headers=auth(project[1]))
     assert receipts[1]["error"] == single.json()["error"]
     assert all(x["id"] is None for x in receipts[1:])
-    assert worker_ctx.queue.count == 1  # the batch's job; the refused single send queued nothing
+    assert worker_ctx.queue.rq.count == 1  # the batch's job; the refused single send queued nothing
 
 
 def test_all_bad_is_400_with_the_receipts(
@@ -94,7 +94,7 @@ def test_all_bad_is_400_with_the_receipts(
     assert r.status_code == 400 and body["success"] is False
     assert body["error"]["code"] == "VALIDATION_FAILED"
     assert statuses(r) == ["rejected", "rejected"] and body["data"]["rejected"] == 2
-    assert worker_ctx.queue.count == 0
+    assert worker_ctx.queue.rq.count == 0
 
 
 def test_keys_within_a_batch_across_batches_and_with_single_sends(
@@ -158,7 +158,7 @@ def test_the_batch_itself_must_hold_1_to_500_items(
     setup_seed(client, project[1])
     r = client.post("/v1/events/batch", json=body, headers=auth(project[1]))
     assert r.status_code == 400 and r.json()["error"]["code"] == "VALIDATION_FAILED"
-    assert worker_ctx.queue.count == 0
+    assert worker_ctx.queue.rq.count == 0
 
 
 def test_size_limits_gzip_and_a_bomb(client: TestClient, project: Project) -> None:

@@ -38,8 +38,10 @@ class ScriptedConnection:
     """A pooled connection that answers like Redis: OK, QUEUED..., EXEC's list, then
     `waitaof` (or `fail_at`'s error in place of that reply)."""
 
-    def __init__(self, waitaof: Any = OK_REPLY, fail_at: int | None = None) -> None:
-        self.waitaof, self.fail_at = waitaof, fail_at
+    def __init__(
+        self, waitaof: Any = OK_REPLY, fail_at: int | None = None, protocol: int = 2
+    ) -> None:
+        self.waitaof, self.fail_at, self.protocol = waitaof, fail_at, protocol
         self.sent: list[list[tuple[Any, ...]]] = []
         self.replies: list[Any] = []
         self.disconnected = False
@@ -89,7 +91,7 @@ class ScriptedRedis:
 
 @pytest.fixture
 def writer(settings: Settings) -> JobWriter:
-    return JobWriter(make_queue(settings, fakeredis.FakeRedis()), settings)
+    return JobWriter(make_queue(settings, fakeredis.FakeRedis()))
 
 
 def _fsync(writer: JobWriter, conn: ScriptedConnection) -> Callable[[], Any]:
@@ -127,6 +129,18 @@ async def test_multi_exec_and_waitaof_go_in_one_write_on_one_connection(
     assert ("RPUSH", "rq:queue:eventpipe", job_id) in packed  # the job itself is inside
     # Every reply read, the connection back in the pool and still usable.
     assert conn.replies == [] and not conn.disconnected
+    assert client.connection_pool.released == client.connection_pool.taken == 1
+
+
+async def test_a_connection_not_pinned_to_resp2_is_refused_before_sending(
+    writer: JobWriter,
+) -> None:
+    """The raw replies are parsed as RESP2 shapes; redis-py 8 speaks RESP3 unless pinned."""
+    conn = ScriptedConnection(protocol=3)
+    client = ScriptedRedis(conn)
+    with pytest.raises(QueueUnavailable):
+        await enqueue_events_fsync(writer, cast(Any, client), [EVENT], timeout_ms=250)
+    assert conn.sent == []
     assert client.connection_pool.released == client.connection_pool.taken == 1
 
 

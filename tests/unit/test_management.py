@@ -514,7 +514,7 @@ def test_nul_characters_are_refused_before_anything_is_accepted(
         r = client.post(path, json=body, headers=h)
         assert code_of(r) == (400, "VALIDATION_FAILED"), (path, r.text)
         assert "NUL" in r.json()["error"]["message"]
-    assert worker_ctx.queue.count == 0
+    assert worker_ctx.queue.rq.count == 0
     # The six characters \u0000 written out (an escaped backslash) are ordinary text.
     literal = client.post(
         "/v1/events/send",

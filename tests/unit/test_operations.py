@@ -143,10 +143,10 @@ def test_admin_replay_requeues_once_then_skips_what_is_queued(
     ids = fail_events(project[0], 2)
     body = {"code": "CONTACT_NOT_FOUND_FOR_EVENT"}
     dry = admin.post("/v1/admin/replay", json={**body, "dryRun": True}, headers=op_auth())
-    assert dry.json()["data"]["requeued"] == 2 and worker_ctx.queue.count == 0
+    assert dry.json()["data"]["requeued"] == 2 and worker_ctx.queue.rq.count == 0
     done = admin.post("/v1/admin/replay", json=body, headers=op_auth()).json()["data"]
     assert (done["matched"], done["requeued"], done["skipped"]) == (2, 2, {})
-    assert worker_ctx.queue.count == 1  # one replay job for both
+    assert worker_ctx.queue.rq.count == 1  # one replay job for both
     assert set(cast(list[bytes], worker_ctx.redis.hkeys(PENDING_KEY))) == {i.encode() for i in ids}
     again = admin.post("/v1/admin/replay", json=body, headers=op_auth()).json()["data"]
     assert (again["requeued"], again["skipped"]) == (0, {"already queued": 2})
@@ -155,22 +155,23 @@ def test_admin_replay_requeues_once_then_skips_what_is_queued(
 def test_a_replay_job_that_fails_again_splits_its_failures_out(
     project: Project, worker_ctx: WorkerContext, engine: Engine, monkeypatch: Any
 ) -> None:
-    from tests.unit.test_worker import _Running, add_contact
+    from shared.queue import RunningJob
+    from tests.unit.test_worker import add_contact
 
     ids = fail_events(project[0], 2)
     add_contact(engine, project[0], "ghost0@example.com")
     replayer = Replayer(worker_ctx.settings, engine, worker_ctx.redis, worker_ctx.queue)
     summary = replayer.run(FailedFilter(ids=tuple(ids)))
     assert summary.requeued == 2
-    job = worker_ctx.queue.fetch_job(worker_ctx.queue.job_ids[0])
+    job = worker_ctx.queue.rq.fetch_job(worker_ctx.queue.rq.job_ids[0])
     assert job is not None and job.id.startswith("r")
-    monkeypatch.setattr("worker.jobs.get_current_job", lambda: _Running(job.id))
+    monkeypatch.setattr("worker.jobs.running_job", lambda: RunningJob(job.id, "w1"))
     # The replay job itself succeeds; the event that still fails is a failed job of its own.
     assert store_events(*job.args) == {"stored": 1, "failed": 1, "jobs": 1}
     from shared.models import events, failed_events
 
     assert count(engine, events) == 1 and count(engine, failed_events) == 1
-    still = [i for i in ids if i in worker_ctx.queue.failed_job_registry.get_job_ids()]
+    still = [i for i in ids if i in worker_ctx.queue.rq.failed_job_registry.get_job_ids()]
     assert len(still) == 1
     assert worker_ctx.redis.hlen(PENDING_KEY) == 0
 
@@ -313,7 +314,7 @@ def test_a_replay_the_backlog_never_makes_room_for_stops_instead_of_hanging(
     replayer = Replayer(settings, engine, worker_ctx.redis, worker_ctx.queue)
     summary = replayer.run(FailedFilter(ids=tuple(ids)), room_wait=5)
     assert summary.interrupted and summary.requeued == 0
-    assert worker_ctx.queue.count == 0
+    assert worker_ctx.queue.rq.count == 0
 
 
 def test_request_log_lines_carry_the_event_id_or_the_error_code(

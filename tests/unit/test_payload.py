@@ -1,4 +1,4 @@
-"""shared.queue: the versioned job payload."""
+"""shared.queue: the versioned job payload, its kind, and the previous release's version."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from shared.errors import EventpipeError
-from shared.queue import make_payload, read_payload
+from shared.queue import EVENT, GROUP, REPLAY, Payload, make_payload, read_payload
 
 
 def make_event(n: int = 1) -> dict[str, Any]:
@@ -22,19 +22,28 @@ def make_event(n: int = 1) -> dict[str, Any]:
     }
 
 
-def test_version_2_round_trip() -> None:
+def test_version_3_round_trip_with_the_kind() -> None:
     events = [make_event(1), make_event(2), make_event(3)]
     payload = make_payload(events)
-    assert payload == {"v": 2, "events": events}
-    assert "replay" not in payload
-    assert read_payload(payload) == events
+    assert payload == {"v": 3, "kind": GROUP, "events": events}
+    assert read_payload(payload) == Payload(GROUP, events)
+    for kind in (REPLAY, EVENT):
+        assert read_payload(make_payload(events, kind)) == Payload(kind, events)
 
 
-def test_version_2_replay_round_trip() -> None:
-    events = [make_event(1)]
-    payload = make_payload(events, replay=True)
-    assert payload == {"v": 2, "events": events, "replay": True}
-    assert read_payload(payload) == events
+@pytest.mark.parametrize(
+    ("payload", "job_id", "kind"),
+    [
+        ({"v": 2, "events": []}, "g6b0f0b382c4e8b717e919e41", GROUP),
+        ({"v": 2, "events": [], "replay": True}, "r000000000000000000000006", REPLAY),
+        ({"v": 2, "events": [], "replay": True}, "000000000000000000000007", EVENT),
+    ],
+    ids=["group", "replay", "split-out event"],
+)
+def test_the_previous_release_kinds_come_from_replay_and_the_id(
+    payload: dict[str, Any], job_id: str, kind: str
+) -> None:
+    assert read_payload(payload, job_id).kind == kind
 
 
 def test_make_payload_copies_the_sequence() -> None:
@@ -45,28 +54,23 @@ def test_make_payload_copies_the_sequence() -> None:
     source = [make_event(1)]
     payload = make_payload(source)
     source.append(make_event(2))
-    assert read_payload(payload) == [make_event(1)]
+    assert read_payload(payload).events == [make_event(1)]
 
 
 def test_read_payload_returns_a_new_list() -> None:
     payload = make_payload([make_event(1)])
-    read = read_payload(payload)
+    read = read_payload(payload).events
     read.append(make_event(2))
-    assert read_payload(payload) == [make_event(1)]
+    assert read_payload(payload).events == [make_event(1)]
 
 
-def test_empty_version_2() -> None:
-    assert read_payload(make_payload([])) == []
+def test_empty_version_3() -> None:
+    assert read_payload(make_payload([])).events == []
 
 
-def test_version_1_is_a_one_element_list() -> None:
-    event = make_event(7)
-    assert read_payload({"v": 1, "event": event}) == [event]
-
-
-@pytest.mark.parametrize("version", [None, 0, 3, "2", "1", 99])
+@pytest.mark.parametrize("version", [None, 0, 1, 4, "3", "2", 99])
 def test_unknown_version(version: Any) -> None:
-    payload: dict[str, Any] = {"events": [make_event()], "event": make_event()}
+    payload: dict[str, Any] = {"kind": GROUP, "events": [make_event()], "event": make_event()}
     if version is not None:
         payload["v"] = version
     with pytest.raises(EventpipeError) as info:
@@ -78,13 +82,25 @@ def test_unknown_version(version: Any) -> None:
 @pytest.mark.parametrize(
     "payload",
     [
+        {"v": 3, "kind": GROUP},
+        {"v": 3, "kind": GROUP, "events": "abc"},
+        {"v": 3, "kind": GROUP, "events": {"a": 1}},
+        {"v": 3, "kind": GROUP, "events": [1]},
+        {"v": 3, "events": []},
+        {"v": 3, "kind": "other", "events": []},
         {"v": 2},
-        {"v": 1},
-        {"v": 2, "events": "abc"},
-        {"v": 2, "events": {"a": 1}},
-        {"v": True, "event": {"id": "x"}},
+        {"v": True, "kind": GROUP, "events": []},
     ],
-    ids=["v2-no-events", "v1-no-event", "v2-events-string", "v2-events-object", "v-true"],
+    ids=[
+        "no-events",
+        "events-string",
+        "events-object",
+        "event-not-object",
+        "no-kind",
+        "unknown-kind",
+        "v2-no-events",
+        "v-true",
+    ],
 )
 def test_malformed_payload_is_bad_payload(payload: dict[str, Any]) -> None:
     with pytest.raises(EventpipeError) as info:

@@ -29,8 +29,8 @@ def worker(worker_ctx: WorkerContext) -> Iterator[None]:
 
     def run() -> None:
         while not stop.wait(0.01):
-            for job in worker_ctx.queue.jobs:
-                worker_ctx.queue.remove(job)
+            for job in worker_ctx.queue.rq.jobs:
+                worker_ctx.queue.rq.remove(job)
                 store_events(*job.args)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -80,7 +80,7 @@ def test_an_unknown_contact_answers_404_and_records_nothing(
     assert r.headers["Preference-Applied"] == "wait=5"
     assert count(engine, failed_events) == 0 and count(engine, events) == 0
     assert count(engine, failed_event_attempts) == 0  # gone with its record (cascade)
-    assert worker_ctx.queue.failed_job_registry.count == 0
+    assert worker_ctx.queue.rq.failed_job_registry.count == 0
 
 
 def test_no_outcome_within_the_wait_answers_the_usual_202(
@@ -90,7 +90,7 @@ def test_no_outcome_within_the_wait_answers_the_usual_202(
     r = send(client, project[1], SEND, "wait=1")
     assert r.status_code == 202 and r.json()["data"]["status"] == "queued"
     assert r.headers["Preference-Applied"] == "wait=1"
-    assert worker_ctx.queue.count == 1  # and it goes on as usual
+    assert worker_ctx.queue.rq.count == 1  # and it goes on as usual
 
 
 def test_a_waited_answer_is_what_the_idempotency_key_replays(

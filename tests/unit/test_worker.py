@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -14,7 +15,19 @@ from shared.db import transaction
 from shared.errors import StoreUnavailable
 from shared.ids import new_id
 from shared.models import events, failed_events
-from shared.queue import PENDING_KEY, JobWriter, enqueue_events, make_payload, read_payload
+from shared.queue import (
+    EVENT,
+    PENDING_KEY,
+    JobWriter,
+    Payload,
+    RunningJob,
+    claim_jobs,
+    enqueue_events,
+    make_payload,
+    read_payload,
+    release_claims,
+    renew_claims,
+)
 from worker.context import WorkerContext
 from worker.jobs import EventFailed, store_events
 from worker.runner import EventWorker
@@ -63,12 +76,12 @@ def test_batch_resolves_by_email_and_contact_id_and_splits_out_the_unknown(
     assert rows[by_email["id"]].contact_id == jane and rows[by_id["id"]].contact_id == bob
     assert set(failed) == {unknown_id["id"], unknown_email["id"]}
     assert {r.code for r in failed.values()} == {"CONTACT_NOT_FOUND_FOR_EVENT"}
-    registry = worker_ctx.queue.failed_job_registry
+    registry = worker_ctx.queue.rq.failed_job_registry
     assert set(registry.get_job_ids()) == {unknown_id["id"], unknown_email["id"]}
-    job = worker_ctx.queue.fetch_job(unknown_id["id"])
+    job = worker_ctx.queue.rq.fetch_job(unknown_id["id"])
     assert job is not None
     assert job.meta["code"] == "CONTACT_NOT_FOUND_FOR_EVENT"
-    assert read_payload(job.args[0]) == [unknown_id]
+    assert read_payload(job.args[0]) == Payload(EVENT, [unknown_id])
     assert worker_ctx.redis.hlen(PENDING_KEY) == 0
 
 
@@ -96,12 +109,12 @@ def test_running_the_same_job_twice_stores_once(
     assert count(engine, events) == 5
 
 
-def test_version_1_payload_is_still_read(
+def test_the_previous_release_payload_is_still_read(
     worker_ctx: WorkerContext, engine: Engine, project: tuple[str, str, str]
 ) -> None:
     add_contact(engine, project[0], "jane@example.com")
-    event = an_event(project[0], email="  JANE@example.com ")
-    assert store_events({"v": 1, "event": event}) == {"stored": 1, "failed": 0, "jobs": 1}
+    event = an_event(project[0])
+    assert store_events({"v": 2, "events": [event]}) == {"stored": 1, "failed": 0, "jobs": 1}
 
 
 def test_replay_after_the_contact_exists_stores_and_clears_the_failure(
@@ -109,7 +122,7 @@ def test_replay_after_the_contact_exists_stores_and_clears_the_failure(
 ) -> None:
     event = an_event(project[0])
     store_events(make_payload([event]))
-    job = worker_ctx.queue.fetch_job(event["id"])
+    job = worker_ctx.queue.rq.fetch_job(event["id"])
     assert job is not None
     with pytest.raises(EventFailed):  # still no contact: the replay fails again
         store_events(*job.args)
@@ -125,9 +138,7 @@ def test_worker_requeues_on_store_outage_instead_of_failing(
 ) -> None:
     add_contact(engine, project[0], "jane@example.com")
     event = an_event(project[0])
-    enqueue_events(
-        JobWriter(worker_ctx.queue, worker_ctx.settings), worker_ctx.queue.connection, [event]
-    )
+    enqueue_events(JobWriter(worker_ctx.queue), worker_ctx.queue.connection, [event])
     real_store = __import__("worker.jobs", fromlist=["store_batch"]).store_batch
     calls = {"store": 0, "ping": 0}
 
@@ -144,78 +155,169 @@ def test_worker_requeues_on_store_outage_instead_of_failing(
     monkeypatch.setattr("worker.jobs.store_batch", flaky_store)
     monkeypatch.setattr("worker.runner.ping", slow_ping)
     monkeypatch.setattr("worker.runner.time.sleep", lambda _s: None)
-    worker = EventWorker([worker_ctx.queue], connection=worker_ctx.redis, serializer=JSONSerializer)
+    worker = EventWorker(
+        [worker_ctx.queue.rq], connection=worker_ctx.redis, serializer=JSONSerializer
+    )
     worker.work(burst=True)
     assert calls == {"store": 2, "ping": 3}
     assert count(engine, events) == 1
-    assert worker_ctx.queue.failed_job_registry.count == 0
-
-
-class _Running:
-    def __init__(self, job_id: str) -> None:
-        self.id = job_id
+    assert worker_ctx.queue.rq.failed_job_registry.count == 0
+    # RQ 3 cleans up an execution only when it is handed over: none is left behind.
+    assert worker_ctx.queue.rq.started_job_registry.get_job_ids(cleanup=False) == []
+    assert worker.executions == {}
 
 
 def _enqueue_groups(ctx: WorkerContext, project_id: str, groups: int, size: int) -> list[str]:
-    writer = JobWriter(ctx.queue, ctx.settings)
+    writer = JobWriter(ctx.queue)
     return [
         enqueue_events(writer, ctx.redis, [an_event(project_id) for _ in range(size)])
         for _ in range(groups)
     ]
 
 
-def test_a_job_takes_the_queued_group_jobs_along(
+def _started(ctx: WorkerContext) -> list[str]:
+    return list(ctx.queue.rq.started_job_registry.get_job_ids(cleanup=False))
+
+
+def test_a_job_takes_the_queued_group_jobs_along_and_finishes_them_as_rq_would(
     worker_ctx: WorkerContext, engine: Engine, project: tuple[str, str, str], monkeypatch: Any
 ) -> None:
-    from worker.claim import claimed_key
-
     add_contact(engine, project[0], "jane@example.com")
     first, *others = _enqueue_groups(worker_ctx, project[0], groups=4, size=3)
-    job = worker_ctx.queue.fetch_job(first)
+    job = worker_ctx.queue.rq.fetch_job(first)
     assert job is not None
-    worker_ctx.queue.remove(first)  # dequeued by the worker running it
-    monkeypatch.setattr("worker.jobs.get_current_job", lambda: _Running(first))
+    worker_ctx.queue.rq.remove(first)  # dequeued by the worker running it
+    monkeypatch.setattr("worker.jobs.running_job", lambda: RunningJob(first, "w1"))
     assert store_events(*job.args) == {"stored": 12, "failed": 0, "jobs": 4}
-    assert worker_ctx.queue.count == 0 and count(engine, events) == 12
+    assert worker_ctx.queue.rq.count == 0 and count(engine, events) == 12
+    finished = worker_ctx.queue.rq.finished_job_registry.get_job_ids()
     for other in others:
-        claimed = worker_ctx.queue.fetch_job(other)
+        claimed = worker_ctx.queue.rq.fetch_job(other)
         assert claimed is not None and claimed.get_status() == "finished"
-        ttl: Any = worker_ctx.redis.ttl(f"rq:job:{other}")
+        ttl: Any = worker_ctx.redis.ttl(worker_ctx.queue.keys.job(other))
         assert 0 < ttl <= worker_ctx.settings.result_ttl
-    assert not worker_ctx.redis.exists(claimed_key(first))
+        assert other in finished
+    assert _started(worker_ctx) == []
     assert worker_ctx.redis.hlen(PENDING_KEY) == 0
 
 
-def test_claimed_jobs_survive_a_crash_of_the_claiming_job(
-    worker_ctx: WorkerContext, engine: Engine, project: tuple[str, str, str], monkeypatch: Any
+def test_claimed_jobs_are_started_work_that_rqs_cleanup_recovers_once(
+    worker_ctx: WorkerContext, project: tuple[str, str, str]
 ) -> None:
-    from worker.claim import claim_jobs
-
-    add_contact(engine, project[0], "jane@example.com")
+    """The worker dies after claiming: the entries expire and RQ's own started-registry
+    cleanup requeues each claimed job, spending one retry; a second cleanup finds nothing."""
     first, *others = _enqueue_groups(worker_ctx, project[0], groups=3, size=2)
-    worker_ctx.queue.remove(first)
-    assert claim_jobs(worker_ctx, first) == others  # ...and the worker dies here
-    assert worker_ctx.queue.count == 0
-    job = worker_ctx.queue.fetch_job(first)
-    assert job is not None
-    monkeypatch.setattr("worker.jobs.get_current_job", lambda: _Running(first))
-    assert store_events(*job.args) == {"stored": 6, "failed": 0, "jobs": 3}  # RQ's retry
+    worker_ctx.queue.rq.remove(first)
+    assert claim_jobs(worker_ctx.queue, "w1", 10, ttl=15) == others
+    assert worker_ctx.queue.rq.count == 0
+    assert sorted(_started(worker_ctx)) == sorted(others)
+    for other in others:
+        claimed = worker_ctx.queue.rq.fetch_job(other)
+        assert claimed is not None and claimed.get_status() == "started"
+        assert claimed.worker_name == "w1"
+    registry = worker_ctx.queue.rq.started_job_registry
+    registry.cleanup(timestamp=time.time() + 10)  # not expired yet: left alone
+    assert worker_ctx.queue.rq.count == 0
+    registry.cleanup(timestamp=time.time() + 100)
+    registry.cleanup(timestamp=time.time() + 100)
+    assert sorted(worker_ctx.queue.rq.job_ids) == sorted(others) and _started(worker_ctx) == []
+    for other in others:
+        requeued = worker_ctx.queue.rq.fetch_job(other)
+        assert requeued is not None and requeued.get_status() == "queued"
+        assert requeued.retries_left == worker_ctx.settings.job_retries - 1
 
 
-def test_replays_are_not_claimed_and_the_claim_is_bounded(
+def test_the_heartbeat_renews_only_its_own_claims(
+    worker_ctx: WorkerContext, project: tuple[str, str, str]
+) -> None:
+    first, mine, theirs = _enqueue_groups(worker_ctx, project[0], groups=3, size=1)
+    worker_ctx.queue.rq.remove(first)
+    assert claim_jobs(worker_ctx.queue, "w1", 1, ttl=5) == [mine]
+    assert claim_jobs(worker_ctx.queue, "w2", 1, ttl=5) == [theirs]
+    with worker_ctx.redis.pipeline() as pipe:
+        renew_claims(worker_ctx.queue, pipe, "w1", 600)
+        pipe.execute()
+    key = worker_ctx.queue.keys.started
+    assert float(worker_ctx.redis.zscore(key, f"{mine}:w1") or 0) > time.time() + 500
+    assert float(worker_ctx.redis.zscore(key, f"{theirs}:w2") or 0) < time.time() + 10
+
+
+def test_a_live_worker_gives_its_claims_back_in_order_without_spending_a_retry(
+    worker_ctx: WorkerContext, project: tuple[str, str, str]
+) -> None:
+    first, *others = _enqueue_groups(worker_ctx, project[0], groups=4, size=1)
+    worker_ctx.queue.rq.remove(first)
+    assert claim_jobs(worker_ctx.queue, "w1", 2, ttl=15) == others[:2]
+    assert release_claims(worker_ctx.queue, "w1") == 2
+    assert worker_ctx.queue.rq.job_ids == others and _started(worker_ctx) == []
+    for other in others:
+        job = worker_ctx.queue.rq.fetch_job(other)
+        assert job is not None and job.get_status() == "queued"
+        assert job.retries_left == worker_ctx.settings.job_retries
+
+
+def test_a_failing_job_gives_its_claims_back_through_the_worker(
     worker_ctx: WorkerContext, engine: Engine, project: tuple[str, str, str], monkeypatch: Any
 ) -> None:
-    from dataclasses import replace
+    """An unexpected error in a group job: the job spends its retry, its claims do not."""
+    first, *others = _enqueue_groups(worker_ctx, project[0], groups=3, size=1)
 
-    from worker.claim import claim_jobs
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("boom")
 
-    ctx = replace(worker_ctx, settings=replace(worker_ctx.settings, worker_claim_jobs=2))
-    first, second, third, fourth = _enqueue_groups(ctx, project[0], groups=4, size=1)
-    ctx.queue.remove(first)
-    assert claim_jobs(ctx, first) == [second, third]  # bounded
-    assert ctx.queue.job_ids == [fourth]
-    # A failed event's own job (id = the event id) stops the claim: it keeps its own outcome.
+    monkeypatch.setattr("worker.jobs.store_batch", broken)
+    worker = EventWorker(
+        [worker_ctx.queue.rq], connection=worker_ctx.redis, serializer=JSONSerializer
+    )
+    worker.work(burst=True, max_jobs=1)
+    assert worker_ctx.queue.rq.job_ids == [*others, first]  # the claims at the head, unspent
+    assert _started(worker_ctx) == []
+    for other in others:
+        job = worker_ctx.queue.rq.fetch_job(other)
+        assert job is not None and job.retries_left == worker_ctx.settings.job_retries
+    retried = worker_ctx.queue.rq.fetch_job(first)
+    assert retried is not None and retried.retries_left == worker_ctx.settings.job_retries - 1
+
+
+def test_only_group_jobs_are_claimed_and_the_claim_is_bounded(
+    worker_ctx: WorkerContext, engine: Engine, project: tuple[str, str, str]
+) -> None:
+    first, second, third, fourth = _enqueue_groups(worker_ctx, project[0], groups=4, size=1)
+    worker_ctx.queue.rq.remove(first)
+    assert claim_jobs(worker_ctx.queue, "w1", 2, ttl=15) == [second, third]  # bounded
+    assert worker_ctx.queue.rq.job_ids == [fourth]
+    # A failed event's own job (its kind is "event") stops the claim: it keeps its outcome.
     failed = an_event(project[0])
     store_events(make_payload([failed]))
-    ctx.queue.failed_job_registry.requeue(failed["id"], at_front=True)
-    assert claim_jobs(ctx, "g-other") == []
+    worker_ctx.queue.rq.failed_job_registry.requeue(failed["id"], at_front=True)
+    assert claim_jobs(worker_ctx.queue, "w2", 5, ttl=15) == []
+    # So does a job of the previous release (its one description for every kind): it runs
+    # as itself.
+    worker_ctx.redis.hset(
+        worker_ctx.queue.keys.job(fourth), "description", "eventpipe: store events"
+    )
+    worker_ctx.queue.rq.remove(failed["id"])
+    assert claim_jobs(worker_ctx.queue, "w2", 5, ttl=15) == []
+
+
+def test_with_result_ttl_0_finished_claimed_jobs_are_not_kept(
+    worker_ctx: WorkerContext, engine: Engine, project: tuple[str, str, str], monkeypatch: Any
+) -> None:
+    """As RQ keeps no finished job when its result_ttl is 0."""
+    from dataclasses import replace
+
+    from shared.queue import make_queue
+    from worker.context import WorkerContext as Context
+
+    settings = replace(worker_ctx.settings, result_ttl=0)
+    ctx = Context(settings, engine, worker_ctx.redis, make_queue(settings, worker_ctx.redis))
+    monkeypatch.setattr("worker.jobs.get_context", lambda: ctx)
+    add_contact(engine, project[0], "jane@example.com")
+    first, *others = _enqueue_groups(ctx, project[0], groups=3, size=1)
+    job = ctx.queue.rq.fetch_job(first)
+    assert job is not None
+    ctx.queue.rq.remove(first)
+    monkeypatch.setattr("worker.jobs.running_job", lambda: RunningJob(first, "w1"))
+    assert store_events(*job.args)["jobs"] == 3
+    assert [ctx.queue.rq.fetch_job(o) for o in others] == [None, None]
+    assert ctx.queue.rq.finished_job_registry.get_job_ids() == [] and _started(ctx) == []

@@ -1,134 +1,53 @@
-"""The queue contract between the API and the workers: names, the job payload, the enqueue.
-
-A job carries a list of events as versioned JSON; the job function is named by its dotted path
-so the API never imports the worker. Version 2 is `{"v": 2, "events": [event, ...]}`;
-version 1 (one event per job, `{"v": 1, "event": event}`, the shape a one-job-per-event
-producer writes) is still read. An event is the dict `accepted_event()` in api.schema builds.
-"""
+"""Writing jobs: RQ's job hash, written directly, one MULTI/EXEC per group of events; and the
+fsync-confirmed variant of REDIS_DURABILITY=fsync, with its reply parsing."""
 
 from __future__ import annotations
 
 import functools
 import zlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
-from rq import Queue
 from rq import Retry as JobRetry
 from rq.job import JobStatus
-from rq.serializers import JSONSerializer
-from rq.utils import utcformat, utcparse
+from rq.utils import utcformat
 
 from shared import jsonio
-from shared.clock import aware, utcnow
 from shared.errors import EventpipeError, QueueUnavailable
 from shared.ids import new_id
+from shared.queue.connect import PROTOCOL, JobQueue
+from shared.queue.keys import ACCEPTED_KEY, PENDING_KEY
+from shared.queue.payload import EVENT, GROUP, REPLAY, Event, make_payload
 from shared.settings import Settings
 
 JOB_FUNC = "worker.jobs.store_events"
-PAYLOAD_VERSION = 2
-# event id -> job id for every event between its enqueue and its outcome, so GET
-# /v1/events/{id} can answer `queued` (and the API can count the backlog) without a row per
-# event in the store.
-PENDING_KEY = "eventpipe:pending"
-# Bumped on every change of keys or definitions; API processes poll it to drop their caches.
-CONFIG_VERSION_KEY = "eventpipe:config-version"
-JOB_DESCRIPTION = "eventpipe: store events"
-# Running totals for `eventpipe stats`, kept in Redis beside the queue (they start again with
-# an empty Redis): events accepted by the API, stored by the workers, failures by code.
-ACCEPTED_KEY = "eventpipe:stats:accepted"
-STORED_KEY = "eventpipe:stats:stored"
-FAILED_KEY = "eventpipe:stats:failed"
-# Workers publish here the outcome of events sent with `Prefer: wait` (api/outcomes.py).
-OUTCOMES_CHANNEL = "eventpipe:outcomes"
-
-Event = dict[str, Any]
+# A job's description names its kind, for people reading RQ's tools and for the Lua that
+# claims group jobs (claims.py): it reads the hash, not the compressed payload, and a field of
+# its own would cost every job ~100 bytes of Redis. (RQ's default description repeats the
+# arguments, which would store every payload a second time, uncompressed.) The previous
+# release described every job as "eventpipe: store events".
+DESCRIPTIONS = {
+    GROUP: "eventpipe: a group of events",
+    REPLAY: "eventpipe: a replay of failed events",
+    EVENT: "eventpipe: one failed event",
+}
 # A Redis string written with a job, in the same transaction: (key, value, ttl seconds).
 Record = tuple[str, bytes, int]
 
 
-def make_payload(events: Sequence[Event], *, replay: bool = False) -> dict[str, Any]:
-    payload: dict[str, Any] = {"v": PAYLOAD_VERSION, "events": list(events)}
-    if replay:
-        payload["replay"] = True
-    return payload
+def new_job_id(kind: str = GROUP) -> str:
+    """Readable in RQ's tools: "g" for a group job, "r" for a replay job. Nothing reads the
+    prefix back: the kind is in the payload and the hash."""
+    return f"{'g' if kind == GROUP else 'r'}{new_id()}"
 
 
-def read_payload(payload: Any) -> list[Event]:
-    """The events of a job payload of either version; anything else is BAD_PAYLOAD."""
-    version = payload.get("v") if isinstance(payload, Mapping) else None
-    # `type(...) is int`: JSON true must not pass for version 1.
-    if type(version) is int and version == 2 and isinstance(payload.get("events"), list):
-        events = payload["events"]
-    elif type(version) is int and version == 1 and isinstance(payload.get("event"), dict):
-        events = [payload["event"]]
-    else:
-        raise EventpipeError(f"Unreadable job payload (version {version!r})", code="BAD_PAYLOAD")
-    if not all(isinstance(e, dict) for e in events):
-        raise EventpipeError("Job payload events must be objects", code="BAD_PAYLOAD")
-    return list(events)
-
-
-def connect_redis(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_timeout_seconds,
-        socket_connect_timeout=settings.redis_timeout_seconds,
-        health_check_interval=30,
-        # redis-py's default retries back off for seconds; a request waiting on an enqueue
-        # should hear "503, retry later" quickly instead.
-        retry=quick_retry(),
-    )
-
-
-def quick_retry() -> Retry:
-    return Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2)
-
-
-def quick_async_retry() -> AsyncRetry:
-    return AsyncRetry(ExponentialBackoff(cap=0.2, base=0.02), retries=2)
-
-
-def make_queue(settings: Settings, connection: redis.Redis) -> Queue:
-    return Queue(
-        settings.queue_name,
-        connection=connection,
-        serializer=JSONSerializer,
-        default_timeout=settings.job_timeout,
-    )
-
-
-def queued_seconds(enqueued_at: bytes | None) -> float | None:
-    """How long ago an RQ job was enqueued, from its hash's `enqueued_at` field."""
-    if not enqueued_at:
-        return None
-    return (utcnow() - aware(utcparse(enqueued_at.decode()))).total_seconds()
-
-
-def new_job_id() -> str:
-    return f"g{new_id()}"
-
-
-# Replay jobs (`eventpipe replay`) carry many failed events; their ids start with "r" so no
-# group job claims them and the worker splits a failure out instead of failing the job.
-REPLAY_JOB_PREFIX = "r"
-
-
-def new_replay_job_id() -> str:
-    return f"{REPLAY_JOB_PREFIX}{new_id()}"
-
-
-def job_options(settings: Settings) -> dict[str, Any]:
-    """What every events job carries. The description is fixed: RQ's default repeats the
-    arguments, which would store every payload a second time, uncompressed."""
+def job_options(settings: Settings, kind: str = GROUP) -> dict[str, Any]:
+    """What every events job carries, as RQ's create_job takes it."""
     return {
-        "description": JOB_DESCRIPTION,
+        "description": DESCRIPTIONS[kind],
         "timeout": settings.job_timeout,
         "result_ttl": settings.result_ttl,
         "failure_ttl": settings.failure_ttl,
@@ -136,22 +55,15 @@ def job_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def add_job(
-    queue: Queue,
-    settings: Settings,
-    payload: dict[str, Any],
-    pipe: Any,
-    *,
-    job_id: str | None = None,
-) -> str:
-    """Put one job on `pipe` through RQ's own enqueue (not executed here); returns its id.
+def job_data(payload: dict[str, Any]) -> bytes:
+    """RQ's `data` field under its JSONSerializer: (function, instance, args, kwargs) as
+    JSON, zlib-compressed."""
+    return zlib.compress(jsonio.dumps([JOB_FUNC, None, [payload], {}]))
 
-    For the rare jobs (tests, split-out failures). The send path uses JobWriter."""
-    job = queue.create_job(
-        JOB_FUNC, args=(payload,), job_id=job_id or new_job_id(), **job_options(settings)
-    )
-    queue.enqueue_job(job, pipeline=pipe)
-    return str(job.id)
+
+def payload_of(data: bytes) -> Any:
+    _func, _instance, args, _kwargs = jsonio.loads(zlib.decompress(data))
+    return args[0]
 
 
 class JobWriter:
@@ -164,8 +76,8 @@ class JobWriter:
     its own: the integration tests run every API-written job through it.
     """
 
-    def __init__(self, queue: Queue, settings: Settings) -> None:
-        template = queue.create_job(JOB_FUNC, args=(None,), **job_options(settings))
+    def __init__(self, queue: JobQueue) -> None:
+        template = queue.rq.create_job(JOB_FUNC, args=(None,), **job_options(queue.settings))
         template.origin = queue.name
         shared = template.to_dict(include_meta=False, include_result=False)
         for per_job in ("data", "created_at", "enqueued_at"):
@@ -173,28 +85,30 @@ class JobWriter:
         shared["status"] = JobStatus.QUEUED.value
         # RQ reads a missing field as an empty one (Job.restore uses .get); leaving the empty
         # ones out saves ~40% of a small job's Redis memory.
-        shared = {k: v for k, v in shared.items() if v != ""}
-        self._shared = shared
-        self._job_prefix = queue.job_class.redis_job_namespace_prefix
-        self._queue_key = queue.key
-        self._queues_key = queue.redis_queues_keys
+        self._shared = {k: v for k, v in shared.items() if v != ""}
+        self._keys = queue.keys
 
-    def fields(self, events: Sequence[Event], *, replay: bool = False) -> dict[str, Any]:
-        """The job hash of a job carrying `events`."""
+    def fields(self, events: Sequence[Event], kind: str = GROUP) -> dict[str, Any]:
+        """The job hash of a job carrying `events`; the kind is in the payload and the
+        description."""
         stamp = utcformat(datetime.now(UTC))
-        data = zlib.compress(
-            jsonio.dumps([JOB_FUNC, None, [make_payload(events, replay=replay)], {}])
-        )
-        return {**self._shared, "data": data, "created_at": stamp, "enqueued_at": stamp}
+        data = job_data(make_payload(events, kind))
+        return {
+            **self._shared,
+            "data": data,
+            "created_at": stamp,
+            "enqueued_at": stamp,
+            "description": DESCRIPTIONS[kind],
+        }
 
     def add(self, pipe: Any, events: Sequence[Event], records: Sequence[Record] = ()) -> str:
-        """Queue the commands of one job carrying `events`, their pending marks and the
+        """Queue the commands of one group job carrying `events`, their pending marks and the
         `records` that must exist exactly when the job does, on `pipe`."""
         job_id = new_job_id()
-        fields = self.fields(events)
-        pipe.sadd(self._queues_key, self._queue_key)
-        pipe.hset(self._job_prefix + job_id, mapping=fields)
-        pipe.rpush(self._queue_key, job_id)
+        keys = self._keys
+        pipe.sadd(keys.queues, keys.queue)
+        pipe.hset(keys.job(job_id), mapping=self.fields(events))
+        pipe.rpush(keys.queue, job_id)
         pipe.hset(PENDING_KEY, mapping={e["id"]: job_id for e in events})
         pipe.incrby(ACCEPTED_KEY, len(events))
         for key, value, ttl in records:
@@ -282,6 +196,10 @@ async def _send_on_one_connection(pool: Any, commands: Sequence[tuple[Any, ...]]
     """Send `commands` in one write on one pooled connection; their replies, in order. An
     error reply raises (redis.ResponseError) once the connection is dropped."""
     conn = await pool.get_connection()
+    # The replies below are parsed as RESP2 shapes (connect.py pins every client to it).
+    if int(conn.protocol or 2) != PROTOCOL:
+        await pool.release(conn)
+        raise QueueUnavailable("The queue connection is not RESP2")
     try:
         await conn.send_packed_command(conn.pack_commands(commands))
         return [await conn.read_response() for _ in commands]
@@ -343,7 +261,3 @@ def _fsync_refused(why: str) -> EventpipeError:
         code="REDIS_DURABILITY_UNSUPPORTED",
         status=503,
     )
-
-
-def bump_config_version(connection: redis.Redis) -> None:
-    connection.incr(CONFIG_VERSION_KEY)

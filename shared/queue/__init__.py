@@ -1,0 +1,123 @@
+"""The queue adapter: the one place that knows RQ's and redis-py's internals.
+
+Everything else calls the names below and never touches a job hash, an RQ key name or a
+redis-py internal (tests/unit/test_queue_boundary.py checks it). What it owns:
+
+- connect.py: the Redis clients (RESP2 pinned, every timeout given) and `JobQueue`, the RQ
+  queue with its key names;
+- keys.py: eventpipe's own keys and RQ's, as RQ derives them;
+- payload.py: the job payload, `{"v": 3, "kind": ..., "events": [...]}` (version 2 read);
+- enqueue.py: the job hash written directly, the group write (MULTI/EXEC), and the fsync
+  write with its raw reply parsing;
+- claims.py: group jobs claimed by a running job as RQ started work, renewed, finished,
+  given back;
+- registries.py: failed events, replay's requeue, the queue's figures, one job's payload,
+  the running job.
+
+The worker runner (worker/runner.py) subclasses RQ's worker and the command line runs RQ's
+tools; nothing else imports `rq`.
+"""
+
+from shared.queue.claims import (
+    claim_jobs,
+    claimed_events,
+    finish_claimed,
+    release_claims,
+    release_legacy_claims,
+    renew_claims,
+)
+from shared.queue.connect import (
+    PROTOCOL,
+    JobQueue,
+    bump_config_version,
+    connect_async,
+    connect_redis,
+    connect_subscriber,
+    make_queue,
+)
+from shared.queue.enqueue import (
+    JOB_FUNC,
+    GroupWrite,
+    JobWriter,
+    Record,
+    check_fsync_replies,
+    check_fsync_support,
+    enqueue_events,
+    enqueue_events_async,
+    enqueue_events_fsync,
+    enqueue_function,
+)
+from shared.queue.keys import (
+    ACCEPTED_KEY,
+    CONFIG_VERSION_KEY,
+    FAILED_KEY,
+    OUTCOMES_CHANNEL,
+    PENDING_KEY,
+    STORED_KEY,
+)
+from shared.queue.payload import EVENT, GROUP, REPLAY, Event, Payload, make_payload, read_payload
+from shared.queue.registries import (
+    QueueFigures,
+    ReplayQueue,
+    RunningJob,
+    add_failed_event,
+    fail_running_job,
+    forget_failed_jobs,
+    queue_figures,
+    queue_figures_async,
+    queued_payload,
+    queued_seconds,
+    running_job,
+    workers,
+)
+
+__all__ = [
+    "ACCEPTED_KEY",
+    "CONFIG_VERSION_KEY",
+    "EVENT",
+    "FAILED_KEY",
+    "GROUP",
+    "JOB_FUNC",
+    "OUTCOMES_CHANNEL",
+    "PENDING_KEY",
+    "PROTOCOL",
+    "REPLAY",
+    "STORED_KEY",
+    "Event",
+    "GroupWrite",
+    "JobQueue",
+    "JobWriter",
+    "Payload",
+    "QueueFigures",
+    "Record",
+    "ReplayQueue",
+    "RunningJob",
+    "add_failed_event",
+    "bump_config_version",
+    "check_fsync_replies",
+    "check_fsync_support",
+    "claim_jobs",
+    "claimed_events",
+    "connect_async",
+    "connect_redis",
+    "connect_subscriber",
+    "enqueue_events",
+    "enqueue_events_async",
+    "enqueue_events_fsync",
+    "enqueue_function",
+    "fail_running_job",
+    "finish_claimed",
+    "forget_failed_jobs",
+    "make_payload",
+    "make_queue",
+    "queue_figures",
+    "queue_figures_async",
+    "queued_payload",
+    "queued_seconds",
+    "read_payload",
+    "release_claims",
+    "release_legacy_claims",
+    "renew_claims",
+    "running_job",
+    "workers",
+]

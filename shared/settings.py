@@ -57,6 +57,12 @@ class Settings:
     db_threads: int = 8
     db_connect_timeout: int = 5
     db_statement_timeout_ms: int = 30_000
+    # A lock held elsewhere (a migration, VACUUM FULL, an open transaction) waited for this
+    # long, then an outage (55P03) rather than a statement timeout taken for a refusal.
+    db_lock_timeout_ms: int = 5_000
+    # How often a statement timeout (57014) is tried again before the events that keep timing
+    # out are split apart and failed as STORE_TIMEOUT.
+    store_timeout_retries: int = 2
     redis_timeout_seconds: float = 5.0
     # When an accepted event is answered 202 (README, "Guarantees"): "aof" once its group's
     # MULTI/EXEC is applied (in the AOF through write(2): it survives a crash of Redis, not
@@ -114,6 +120,8 @@ ENV_NAMES: dict[str, str] = {
     "DB_THREADS": "db_threads",
     "DB_CONNECT_TIMEOUT": "db_connect_timeout",
     "DB_STATEMENT_TIMEOUT_MS": "db_statement_timeout_ms",
+    "DB_LOCK_TIMEOUT_MS": "db_lock_timeout_ms",
+    "STORE_TIMEOUT_RETRIES": "store_timeout_retries",
     "REDIS_TIMEOUT_SECONDS": "redis_timeout_seconds",
     "REDIS_DURABILITY": "redis_durability",
     "REDIS_FSYNC_TIMEOUT_MS": "redis_fsync_timeout_ms",

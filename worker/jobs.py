@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from shared import jsonio
@@ -17,6 +18,7 @@ from shared.queue import (
     PENDING_KEY,
     STORED_KEY,
     Event,
+    JobWriter,
     RunningJob,
     add_failed_event,
     claim_jobs,
@@ -28,7 +30,7 @@ from shared.queue import (
 )
 from worker import metrics
 from worker.context import WorkerContext, get_context
-from worker.events import BatchOutcome, store_batch
+from worker.events import BatchOutcome, store_apart
 
 log = logging.getLogger("eventpipe.worker.jobs")
 
@@ -45,7 +47,13 @@ def store_events(payload: dict[str, Any]) -> dict[str, int]:
     batch = found.events
     claimed = _claim(ctx, job) if found.kind == GROUP else []
     batch += claimed_events(ctx.queue, claimed)
-    outcome = store_batch(ctx.engine, batch, replay=found.kind != GROUP)
+    outcome = store_apart(
+        ctx.engine,
+        batch,
+        replay=found.kind != GROUP,
+        timeouts=(found.timeouts, ctx.settings.store_timeout_retries),
+        time_left=_time_left(ctx, started),
+    )
     # An event's own failed job, requeued (`rq requeue`), fails again as itself; a replay
     # job of `eventpipe replay` (or a group job) splits its failures out.
     fails_itself = found.kind == EVENT and bool(outcome.failed)
@@ -56,6 +64,15 @@ def store_events(payload: dict[str, Any]) -> dict[str, int]:
         fail_running_job(error)
         raise EventFailed(error.message, code=error.code, status=error.status)
     return {"stored": len(outcome.stored), "failed": len(outcome.failed), "jobs": 1 + len(claimed)}
+
+
+def _time_left(ctx: WorkerContext, started: float) -> Callable[[], bool]:
+    """Whether one more statement (which may last the statement timeout) fits in the job's
+    timeout, with a margin for the outcome's round trips: a job splitting refused events
+    apart hands the rest off rather than overrun its timeout."""
+    settings = ctx.settings
+    budget = settings.job_timeout * 0.8 - settings.db_statement_timeout_ms / 1000
+    return lambda: time.perf_counter() - started < budget
 
 
 def _claim(ctx: WorkerContext, job: RunningJob) -> list[str]:
@@ -77,11 +94,14 @@ def _finish(
     *,
     split_failures: bool,
 ) -> None:
-    """In one round trip: drop the pending marks, split each failed event out as a failed
-    job of its own keyed by the event id (an operator can replay exactly that event), finish
-    the claimed jobs and count the outcome for `eventpipe stats`."""
+    """In one round trip: drop the pending marks, hand the parts left untried off as split
+    jobs (their marks re-pointed), split each failed event out as a failed job of its own
+    keyed by the event id (an operator can replay exactly that event), finish the claimed
+    jobs and count the outcome for `eventpipe stats`."""
     with ctx.redis.pipeline(transaction=True) as pipe:
         pipe.hdel(PENDING_KEY, *[e["id"] for e in batch])
+        if outcome.left:
+            JobWriter(ctx.queue).add_split(pipe, outcome.left, outcome.timeouts)
         finish_claimed(ctx.queue, pipe, job.worker_name, claimed)
         _count_outcome(pipe, outcome)
         if split_failures:
@@ -129,6 +149,8 @@ def _observe(
         "events": len(batch),
         "stored": outcome.inserted,
         "failed": len(outcome.failed),
+        "attempts": outcome.attempts,
+        "handedOff": sum(len(part) for part in outcome.left),
         "ms": round(seconds * 1000, 3),
         "projectIds": sorted({e["projectId"] for e in batch}),
         "eventIds": [e["id"] for e in batch],

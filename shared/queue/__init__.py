@@ -55,7 +55,16 @@ from shared.queue.keys import (
     PENDING_KEY,
     STORED_KEY,
 )
-from shared.queue.payload import EVENT, GROUP, REPLAY, Event, Payload, make_payload, read_payload
+from shared.queue.payload import (
+    EVENT,
+    GROUP,
+    REPLAY,
+    SPLIT,
+    Event,
+    Payload,
+    make_payload,
+    read_payload,
+)
 from shared.queue.registries import (
     QueueFigures,
     ReplayQueue,
@@ -82,6 +91,7 @@ __all__ = [
     "PENDING_KEY",
     "PROTOCOL",
     "REPLAY",
+    "SPLIT",
     "STORED_KEY",
     "Event",
     "GroupWrite",

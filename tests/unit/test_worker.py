@@ -139,7 +139,7 @@ def test_worker_requeues_on_store_outage_instead_of_failing(
     add_contact(engine, project[0], "jane@example.com")
     event = an_event(project[0])
     enqueue_events(JobWriter(worker_ctx.queue), worker_ctx.queue.connection, [event])
-    real_store = __import__("worker.jobs", fromlist=["store_batch"]).store_batch
+    real_store = __import__("worker.events", fromlist=["store_batch"]).store_batch
     calls = {"store": 0, "ping": 0}
 
     def flaky_store(*args: Any, **kwargs: Any) -> Any:
@@ -152,7 +152,7 @@ def test_worker_requeues_on_store_outage_instead_of_failing(
         calls["ping"] += 1
         return calls["ping"] > 2
 
-    monkeypatch.setattr("worker.jobs.store_batch", flaky_store)
+    monkeypatch.setattr("worker.events.store_batch", flaky_store)
     monkeypatch.setattr("worker.runner.ping", slow_ping)
     monkeypatch.setattr("worker.runner.time.sleep", lambda _s: None)
     worker = EventWorker(
@@ -265,7 +265,7 @@ def test_a_failing_job_gives_its_claims_back_through_the_worker(
     def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("worker.jobs.store_batch", broken)
+    monkeypatch.setattr("worker.events.store_batch", broken)
     worker = EventWorker(
         [worker_ctx.queue.rq], connection=worker_ctx.redis, serializer=JSONSerializer
     )

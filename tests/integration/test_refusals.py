@@ -1,0 +1,130 @@
+"""A store that refuses some events (a trigger, a statement timeout) against real
+PostgreSQL, Redis, API and worker processes: the refused events fail alone, the rest are
+stored, nothing stays queued, and replay stores the refused ones once the cause is gone."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import redis
+from sqlalchemy import Engine, select, text
+
+from shared.db import transaction
+from shared.models import events, failed_event_attempts, failed_events
+from shared.queue import PENDING_KEY
+from tests.integration.services import Proc, run_cli, start_api, start_worker, wait_until
+from tests.integration.test_guarantees import _project
+from tests.integration.test_pipeline import SEED, auth
+
+POISON = "POISON"
+
+
+def _send(
+    base: str, key: str, singles: list[dict[str, Any]], batch: list[dict[str, Any]]
+) -> list[str]:
+    """Singles sent concurrently (so group commit forms groups) and one batch; the ids."""
+    with httpx.Client(base_url=base, headers=auth(key), timeout=30) as http:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda body: http.post("/v1/events/send", json=body), singles))
+        assert {r.status_code for r in answers} == {202}
+        ids = [r.json()["data"]["id"] for r in answers]
+        r = http.post("/v1/events/batch", json={"events": batch})
+        assert r.status_code == 202
+    return ids + [x["id"] for x in r.json()["data"]["receipts"]]
+
+
+def _event(total: int, currency: str = "USD") -> dict[str, Any]:
+    return {**SEED, "eventProperties": {"order_total": total, "currency": currency}}
+
+
+def _refuse_currency(engine: Engine, currency: str, body: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF NEW.properties->>'currency' = '{currency}' THEN {body} END IF; "
+                "RETURN NEW; END $$"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TRIGGER refuse BEFORE INSERT ON events"
+                " FOR EACH ROW EXECUTE FUNCTION refuse()"
+            )
+        )
+
+
+def _ids(engine: Engine, column: Any) -> list[str]:
+    with transaction(engine) as conn:
+        return list(conn.execute(select(column)).scalars())
+
+
+def _nothing_left(client: redis.Redis) -> None:
+    """No state outlives its job: no pending mark, queue or started work, no claim list."""
+    assert client.hlen(PENDING_KEY) == 0
+    assert client.llen("rq:queue:eventpipe") == 0
+    assert client.zcard("rq:wip:eventpipe") == 0
+    assert list(client.scan_iter("eventpipe:claimed:*")) == []
+
+
+def test_a_trigger_refusing_one_event_among_300_fails_it_alone_and_replay_stores_it(
+    env: dict[str, str], engine: Engine, redis_client: redis.Redis, procs_cleanup: list[Proc]
+) -> None:
+    api, base = start_api(env)
+    procs_cleanup.append(api)
+    key = _project(env, base)
+    _refuse_currency(engine, POISON, "RAISE EXCEPTION 'no poison orders, said the DBA';")
+    singles = [_event(i) for i in range(150)]
+    singles[77] = _event(77, POISON)
+    accepted = _send(base, key, singles, [_event(1000 + i) for i in range(150)])
+    poison = accepted[77]
+    assert redis_client.hlen(PENDING_KEY) == 300  # no worker yet: all queued together
+    procs_cleanup += [start_worker(env), start_worker(env)]
+    wait_until(lambda: redis_client.hlen(PENDING_KEY) == 0, 60, "every event to be final")
+
+    assert sorted(_ids(engine, events.c.id)) == sorted(set(accepted) - {poison})
+    with transaction(engine) as conn:
+        failed = conn.execute(select(failed_events)).one()
+        attempts = conn.execute(select(failed_event_attempts)).all()
+    assert failed.id == poison and failed.code == "STORE_REJECTED" and len(attempts) == 1
+    assert failed.message.startswith("P0001: no poison orders, said the DBA")
+    _nothing_left(redis_client)
+    with httpx.Client(base_url=base, headers=auth(key), timeout=10) as http:
+        seen = http.get(f"/v1/events/{poison}").json()["data"]
+    assert seen["status"] == "failed" and seen["error"]["code"] == "STORE_REJECTED"
+    assert "DBA" not in json.dumps(seen)  # the database's words are for operators
+    assert "said the DBA" in run_cli(env, "failed", "show", poison)
+    assert poison in run_cli(env, "failed", "list", "--code", "STORE_REJECTED")
+
+    with engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER refuse ON events"))
+    run_cli(env, "replay", "--code", "STORE_REJECTED", "--wait", "30")
+    wait_until(lambda: poison in _ids(engine, events.c.id), 30, "the replay stored")
+    assert len(_ids(engine, events.c.id)) == 300 and _ids(engine, failed_events.c.id) == []
+    _nothing_left(redis_client)
+
+
+def test_a_statement_timeout_on_one_event_fails_it_alone_after_bounded_retries(
+    env: dict[str, str], engine: Engine, redis_client: redis.Redis, procs_cleanup: list[Proc]
+) -> None:
+    api, base = start_api(env)
+    procs_cleanup.append(api)
+    key = _project(env, base)
+    _refuse_currency(engine, POISON, "PERFORM pg_sleep(2);")
+    singles = [_event(i) for i in range(20)]
+    singles[5] = _event(5, POISON)
+    accepted = _send(base, key, singles, [_event(100 + i) for i in range(40)])
+    slow = accepted[5]
+    procs_cleanup.append(start_worker({**env, "DB_STATEMENT_TIMEOUT_MS": "300"}))
+    wait_until(lambda: redis_client.hlen(PENDING_KEY) == 0, 60, "every event to be final")
+
+    assert sorted(_ids(engine, events.c.id)) == sorted(set(accepted) - {slow})
+    with transaction(engine) as conn:
+        failed = conn.execute(select(failed_events)).one()
+    assert failed.id == slow and failed.code == "STORE_TIMEOUT"
+    assert failed.message.startswith("57014:")
+    assert redis_client.zcard("rq:failed:eventpipe") == 1  # the event's own failed job only
+    _nothing_left(redis_client)

@@ -46,7 +46,8 @@ def store_events(payload: dict[str, Any]) -> dict[str, int]:
     found = read_payload(payload, job.id)
     batch = found.events
     claimed = _claim(ctx, job) if found.kind == GROUP else []
-    batch += claimed_events(ctx.queue, claimed)
+    more, claimed = claimed_events(ctx.queue, job.worker_name, claimed)
+    batch += more
     outcome = store_apart(
         ctx.engine,
         batch,

@@ -26,7 +26,7 @@ from shared.db import ping
 from shared.errors import StoreUnavailable
 from shared.logs import configure_logging
 from shared.metrics import registry, use_directory
-from shared.queue import release_claims, release_legacy_claims, renew_claims
+from shared.queue import refuse_dequeued, release_claims, release_legacy_claims, renew_claims
 from shared.settings import get_settings
 from worker import metrics
 from worker.context import get_context
@@ -48,6 +48,26 @@ class EventWorker(SimpleWorker):
         # never renews it: a killed worker's job waited ~2.5 min to be found abandoned. A
         # short entry, renewed while the job runs (_JobHeartbeat), is found within seconds.
         return get_context().settings.worker_heartbeat_seconds
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        # Before RQ's own path, which would import and call whatever the job names.
+        if refuse_dequeued(get_context().queue, job.id):
+            return
+        super().execute_job(job, queue)
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        # A job hash RQ cannot restore (a bogus status) raises inside RQ's dequeue, and its
+        # work loop would quit: fail that job and go on. RQ names the job on the exception.
+        while True:
+            try:
+                return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            except Exception as exc:
+                job_id = getattr(exc, "job_id", None)
+                if not isinstance(job_id, str):
+                    raise
+                refuse_dequeued(get_context().queue, job_id, f"unreadable job ({exc})")
 
     def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
         with _JobHeartbeat(self, job, execution, self.get_heartbeat_ttl(job)):

@@ -9,6 +9,7 @@ redis-py internal (tests/unit/test_queue_boundary.py checks it). What it owns:
 - payload.py: the job payload, `{"v": 3, "kind": ..., "events": [...]}` (version 2 read);
 - enqueue.py: the job hash written directly, the group write (MULTI/EXEC), and the fsync
   write with its raw reply parsing;
+- guard.py: only eventpipe's jobs run (anything else in the queue failed unrun);
 - claims.py: group jobs claimed by a running job as RQ started work, renewed, finished,
   given back;
 - registries.py: failed events, replay's requeue, the queue's figures, one job's payload,
@@ -47,6 +48,7 @@ from shared.queue.enqueue import (
     enqueue_events_fsync,
     enqueue_function,
 )
+from shared.queue.guard import refuse_dequeued
 from shared.queue.keys import (
     ACCEPTED_KEY,
     CONFIG_VERSION_KEY,
@@ -125,6 +127,7 @@ __all__ = [
     "queued_payload",
     "queued_seconds",
     "read_payload",
+    "refuse_dequeued",
     "release_claims",
     "release_legacy_claims",
     "renew_claims",

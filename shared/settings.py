@@ -64,6 +64,9 @@ class Settings:
     # out are split apart and failed as STORE_TIMEOUT.
     store_timeout_retries: int = 2
     redis_timeout_seconds: float = 5.0
+    # A Redis that hides its maxmemory-policy (CONFIG and INFO refused) is refused at start
+    # unless the operator vouches for noeviction here.
+    redis_assume_noeviction: bool = False
     # When an accepted event is answered 202 (README, "Guarantees"): "aof" once its group's
     # MULTI/EXEC is applied (in the AOF through write(2): it survives a crash of Redis, not
     # of the machine); "fsync" only once WAITAOF confirms the group fsynced to the AOF.
@@ -123,6 +126,7 @@ ENV_NAMES: dict[str, str] = {
     "DB_LOCK_TIMEOUT_MS": "db_lock_timeout_ms",
     "STORE_TIMEOUT_RETRIES": "store_timeout_retries",
     "REDIS_TIMEOUT_SECONDS": "redis_timeout_seconds",
+    "REDIS_ASSUME_NOEVICTION": "redis_assume_noeviction",
     "REDIS_DURABILITY": "redis_durability",
     "REDIS_FSYNC_TIMEOUT_MS": "redis_fsync_timeout_ms",
     "RETRY_AFTER_SECONDS": "retry_after_seconds",
@@ -187,9 +191,18 @@ def _convert(env_name: str, raw: str, type_name: str) -> Any:
             return int(raw)
         if type_name == "float":
             return float(raw)
+        if type_name == "bool":
+            return _boolean(raw)
     except ValueError as exc:
         raise ValueError(f"{env_name}={raw!r} is not a valid {type_name}") from exc
     return raw
+
+
+def _boolean(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(raw)
+    return lowered in ("true", "1", "yes")
 
 
 @lru_cache(maxsize=1)

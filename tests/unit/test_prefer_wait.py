@@ -128,3 +128,29 @@ def test_a_waited_answer_is_what_the_idempotency_key_replays(
 )
 def test_prefer_parsing(header: str | None, expected: int | None) -> None:
     assert parse_prefer_wait(header, cap=30) == expected
+
+
+def test_the_outcome_listener_survives_malformed_messages() -> None:
+    """Anyone who can publish on the channel can send junk: every later outcome still
+    arrives (fakeredis: pub/sub on a real Redis would reach other APIs)."""
+    import asyncio
+
+    import fakeredis
+
+    from api.outcomes import Outcomes
+    from shared.queue import OUTCOMES_CHANNEL
+
+    async def scenario() -> str | None:
+        client = fakeredis.FakeAsyncRedis()
+        outcomes = Outcomes(client)
+        await outcomes.start()
+        try:
+            with outcomes.expect("e1") as future:
+                for junk in (b"1", b"[1]", b'{"a": 1}', b'[["e1", "stored"]]', b"[[[1], 2, 3]]"):
+                    await client.publish(OUTCOMES_CHANNEL, junk)
+                await client.publish(OUTCOMES_CHANNEL, b'[["e1", "stored", "c1"]]')
+                return (await asyncio.wait_for(future, 5)).contact_id
+        finally:
+            await outcomes.stop()
+
+    assert asyncio.run(scenario()) == "c1"

@@ -184,10 +184,14 @@ def _pg_type(column_type: TypeEngine[Any]) -> str:
 
 
 def ping(engine: Engine) -> bool:
+    """Whether the store answers and takes writes: a read-only session (25006, a database
+    set read-only, a standby) answers SELECT 1 but is still an outage to the worker."""
     try:
         with engine.connect() as conn:
-            conn.exec_driver_sql("SELECT 1")
-        return True
+            if conn.dialect.name != "postgresql":
+                conn.exec_driver_sql("SELECT 1")
+                return True
+            return conn.exec_driver_sql("SHOW transaction_read_only").scalar() == "off"
     except sa_exc.SQLAlchemyError:
         return False
 

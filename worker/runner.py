@@ -125,11 +125,15 @@ class EventWorker(SimpleWorker):
 
     def wait_for_store(self) -> None:
         engine = get_context().engine
+        # Pooled sessions keep what they were given at connect: one opened while the database
+        # was read-only stays read-only after it is writable again.
+        engine.dispose()
         delay = 0.2
         started = time.monotonic()
         metrics.STORE_WAITS.inc()
         while not self._stop_requested and not ping(engine):
             self.heartbeat()
+            engine.dispose()
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
         metrics.STORE_WAIT_SECONDS.inc(time.monotonic() - started)

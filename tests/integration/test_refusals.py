@@ -128,3 +128,37 @@ def test_a_statement_timeout_on_one_event_fails_it_alone_after_bounded_retries(
     assert failed.message.startswith("57014:")
     assert redis_client.zcard("rq:failed:eventpipe") == 1  # the event's own failed job only
     _nothing_left(redis_client)
+
+
+def test_a_read_only_database_is_waited_out_without_failing_anything(
+    env: dict[str, str],
+    engine: Engine,
+    admin_engine: Engine,
+    redis_client: redis.Redis,
+    procs_cleanup: list[Proc],
+) -> None:
+    api, base = start_api(env)
+    procs_cleanup.append(api)
+    key = _project(env, base)
+    worker = start_worker(env)
+    procs_cleanup.append(worker)
+    name = engine.url.database
+    with admin_engine.connect() as conn:
+        conn.execute(text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'))
+        conn.execute(
+            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+            {"n": name},
+        )
+    accepted = _send(
+        base, key, [_event(i) for i in range(10)], [_event(100 + i) for i in range(20)]
+    )
+    wait_until(lambda: "store unavailable" in worker.output(), 30, "the worker to wait")
+    assert _ids(engine, events.c.id) == [] and _ids(engine, failed_events.c.id) == []
+    assert redis_client.zcard("rq:failed:eventpipe") == 0
+    with admin_engine.connect() as conn:  # no restart of anything
+        conn.execute(text(f'ALTER DATABASE "{name}" RESET default_transaction_read_only'))
+    wait_until(lambda: redis_client.hlen(PENDING_KEY) == 0, 60, "every event to be final")
+    assert sorted(_ids(engine, events.c.id)) == sorted(accepted)
+    assert _ids(engine, failed_events.c.id) == []
+    assert redis_client.zcard("rq:failed:eventpipe") == 0
+    _nothing_left(redis_client)

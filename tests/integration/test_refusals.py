@@ -162,3 +162,40 @@ def test_a_read_only_database_is_waited_out_without_failing_anything(
     assert _ids(engine, failed_events.c.id) == []
     assert redis_client.zcard("rq:failed:eventpipe") == 0
     _nothing_left(redis_client)
+
+
+def _sleeping_insert(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        found = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event = 'PgSleep' AND query LIKE 'INSERT INTO events%'"
+            )
+        ).scalar()
+    return bool(found)
+
+
+def test_a_worker_killed_while_it_splits_a_group_loses_and_doubles_nothing(
+    env: dict[str, str], engine: Engine, redis_client: redis.Redis, procs_cleanup: list[Proc]
+) -> None:
+    api, base = start_api(env)
+    procs_cleanup.append(api)
+    key = _project(env, base)
+    _refuse_currency(engine, POISON, "PERFORM pg_sleep(1); RAISE EXCEPTION 'slow refusal';")
+    singles = [_event(i) for i in range(10)]
+    singles[3] = _event(3, POISON)
+    accepted = _send(base, key, singles, [_event(100 + i) for i in range(30)])
+    quick = {"WORKER_HEARTBEAT_SECONDS": "2", "WORKER_MAINTENANCE_SECONDS": "1"}
+    first = start_worker({**env, **quick})
+    procs_cleanup.append(first)
+    wait_until(lambda: _sleeping_insert(engine), 30, "an insert of the split to sleep")
+    first.proc.kill()
+    first.proc.wait()
+    procs_cleanup.append(start_worker({**env, **quick}))
+    wait_until(lambda: redis_client.hlen(PENDING_KEY) == 0, 90, "every event to be final")
+
+    stored = _ids(engine, events.c.id)
+    assert len(stored) == len(set(stored)) == 39
+    assert set(stored) == set(accepted) - {accepted[3]}
+    assert _ids(engine, failed_events.c.id) == [accepted[3]]
+    _nothing_left(redis_client)

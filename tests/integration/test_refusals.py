@@ -57,6 +57,23 @@ def _refuse_currency(engine: Engine, currency: str, body: str) -> None:
         )
 
 
+def _refusing_api(
+    env: dict[str, str], engine: Engine, procs: list[Proc], body: str
+) -> tuple[str, str]:
+    """An API and a project (its base URL and key), the store refusing POISON with `body`."""
+    api, base = start_api(env)
+    procs.append(api)
+    key = _project(env, base)
+    _refuse_currency(engine, POISON, body)
+    return base, key
+
+
+def _send_poison(base: str, key: str, singles: int, batch: int, at: int) -> list[str]:
+    """Ids of `singles` single sends then a batch of `batch`, the single at `at` POISON."""
+    bodies = [_event(i, POISON if i == at else "USD") for i in range(singles)]
+    return _send(base, key, bodies, [_event(1000 + i) for i in range(batch)])
+
+
 def _ids(engine: Engine, column: Any) -> list[str]:
     with transaction(engine) as conn:
         return list(conn.execute(select(column)).scalars())
@@ -73,13 +90,9 @@ def _nothing_left(client: redis.Redis) -> None:
 def test_a_trigger_refusing_one_event_among_300_fails_it_alone_and_replay_stores_it(
     env: dict[str, str], engine: Engine, redis_client: redis.Redis, procs_cleanup: list[Proc]
 ) -> None:
-    api, base = start_api(env)
-    procs_cleanup.append(api)
-    key = _project(env, base)
-    _refuse_currency(engine, POISON, "RAISE EXCEPTION 'no poison orders, said the DBA';")
-    singles = [_event(i) for i in range(150)]
-    singles[77] = _event(77, POISON)
-    accepted = _send(base, key, singles, [_event(1000 + i) for i in range(150)])
+    body = "RAISE EXCEPTION 'no poison orders, said the DBA';"
+    base, key = _refusing_api(env, engine, procs_cleanup, body)
+    accepted = _send_poison(base, key, 150, 150, at=77)
     poison = accepted[77]
     assert redis_client.hlen(PENDING_KEY) == 300  # no worker yet: all queued together
     procs_cleanup += [start_worker(env), start_worker(env)]
@@ -110,13 +123,8 @@ def test_a_trigger_refusing_one_event_among_300_fails_it_alone_and_replay_stores
 def test_a_statement_timeout_on_one_event_fails_it_alone_after_bounded_retries(
     env: dict[str, str], engine: Engine, redis_client: redis.Redis, procs_cleanup: list[Proc]
 ) -> None:
-    api, base = start_api(env)
-    procs_cleanup.append(api)
-    key = _project(env, base)
-    _refuse_currency(engine, POISON, "PERFORM pg_sleep(2);")
-    singles = [_event(i) for i in range(20)]
-    singles[5] = _event(5, POISON)
-    accepted = _send(base, key, singles, [_event(100 + i) for i in range(40)])
+    base, key = _refusing_api(env, engine, procs_cleanup, "PERFORM pg_sleep(2);")
+    accepted = _send_poison(base, key, 20, 40, at=5)
     slow = accepted[5]
     procs_cleanup.append(start_worker({**env, "DB_STATEMENT_TIMEOUT_MS": "300"}))
     wait_until(lambda: redis_client.hlen(PENDING_KEY) == 0, 60, "every event to be final")
@@ -178,13 +186,9 @@ def _sleeping_insert(engine: Engine) -> bool:
 def test_a_worker_killed_while_it_splits_a_group_loses_and_doubles_nothing(
     env: dict[str, str], engine: Engine, redis_client: redis.Redis, procs_cleanup: list[Proc]
 ) -> None:
-    api, base = start_api(env)
-    procs_cleanup.append(api)
-    key = _project(env, base)
-    _refuse_currency(engine, POISON, "PERFORM pg_sleep(1); RAISE EXCEPTION 'slow refusal';")
-    singles = [_event(i) for i in range(10)]
-    singles[3] = _event(3, POISON)
-    accepted = _send(base, key, singles, [_event(100 + i) for i in range(30)])
+    body = "PERFORM pg_sleep(1); RAISE EXCEPTION 'slow refusal';"
+    base, key = _refusing_api(env, engine, procs_cleanup, body)
+    accepted = _send_poison(base, key, 10, 30, at=3)
     quick = {"WORKER_HEARTBEAT_SECONDS": "2", "WORKER_MAINTENANCE_SECONDS": "1"}
     first = start_worker({**env, **quick})
     procs_cleanup.append(first)

@@ -54,20 +54,22 @@ def test_a_statement_timeout_is_its_own_kind_and_no_answer_an_outage() -> None:
     assert value.status == 400 and value.message == "A value cannot be stored: refused here"
 
 
-def _refuse(engine: Engine, name: str) -> None:
+@pytest.fixture
+def refusing(engine: Engine, project: tuple[str, str, str]) -> str:
+    """A project with a contact, whose store refuses events named "poison"; its id."""
+    add_contact(engine, project[0], "jane@example.com")
     with transaction(engine) as conn:
         conn.exec_driver_sql(
-            f"CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.event_name = '{name}' "
+            "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.event_name = 'poison' "
             "BEGIN SELECT RAISE(ABORT, 'no poison here'); END"
         )
+    return project[0]
 
 
 def test_a_refused_event_fails_alone_and_the_rest_are_stored(
-    worker_ctx: WorkerContext, engine: Engine, project: tuple[str, str, str]
+    worker_ctx: WorkerContext, engine: Engine, refusing: str
 ) -> None:
-    pid = project[0]
-    add_contact(engine, pid, "jane@example.com")
-    _refuse(engine, "poison")
+    pid = refusing
     batch = [an_event(pid) for _ in range(100)]
     batch[37] = an_event(pid, eventName="poison")
     worker_ctx.redis.hset(PENDING_KEY, mapping={e["id"]: "g1" for e in batch})
@@ -82,11 +84,9 @@ def test_a_refused_event_fails_alone_and_the_rest_are_stored(
 
 
 def test_one_refused_event_of_500_costs_a_logarithmic_number_of_attempts(
-    worker_ctx: WorkerContext, engine: Engine, project: tuple[str, str, str]
+    worker_ctx: WorkerContext, engine: Engine, refusing: str
 ) -> None:
-    pid = project[0]
-    add_contact(engine, pid, "jane@example.com")
-    _refuse(engine, "poison")
+    pid = refusing
     batch = [an_event(pid) for _ in range(500)]
     batch[250] = an_event(pid, eventName="poison")
     outcome = store_apart(engine, batch)
@@ -95,11 +95,9 @@ def test_one_refused_event_of_500_costs_a_logarithmic_number_of_attempts(
 
 
 def test_parts_left_when_time_runs_short_are_handed_off_as_split_jobs(
-    worker_ctx: WorkerContext, engine: Engine, project: tuple[str, str, str]
+    worker_ctx: WorkerContext, engine: Engine, refusing: str
 ) -> None:
-    pid = project[0]
-    add_contact(engine, pid, "jane@example.com")
-    _refuse(engine, "poison")
+    pid = refusing
     batch = [an_event(pid) for _ in range(8)]
     batch[0] = an_event(pid, eventName="poison")
     outcome = store_apart(engine, batch, time_left=lambda: False)

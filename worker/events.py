@@ -75,16 +75,21 @@ def record_refusals(
 ) -> None:
     """The refused events, each failed on its own, in a transaction of their own. Should the
     store refuse even that, the error rises and RQ keeps the job (its events in Redis)."""
-    if not refused:
+    failed = [(event, exc.failure()) for event, exc in refused]
+    record_failed(engine, failed)
+    outcome.failed += failed
+
+
+def record_failed(engine: Engine, failed: Sequence[tuple[Event, errors.EventpipeError]]) -> None:
+    """Failed events recorded (each failure counted in its attempts) in one transaction."""
+    if not failed:
         return
     now = utcnow()
-    failed = [(event, exc.failure()) for event, exc in refused]
     with transaction(engine) as conn:
         record_failures(conn, failed_events, [_failure_row(e, err, now) for e, err in failed])
         conn.execute(
             insert(failed_event_attempts), [_attempt_row(e, err, now) for e, err in failed]
         )
-    outcome.failed += failed
 
 
 def store_batch(engine: Engine, batch: Sequence[Event], *, replay: bool = False) -> BatchOutcome:

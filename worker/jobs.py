@@ -30,7 +30,7 @@ from shared.queue import (
 )
 from worker import metrics
 from worker.context import WorkerContext, get_context
-from worker.events import BatchOutcome, store_apart
+from worker.events import BatchOutcome, record_failed, store_apart
 
 log = logging.getLogger("eventpipe.worker.jobs")
 
@@ -65,6 +65,24 @@ def store_events(payload: dict[str, Any]) -> dict[str, int]:
         fail_running_job(error)
         raise EventFailed(error.message, code=error.code, status=error.status)
     return {"stored": len(outcome.stored), "failed": len(outcome.failed), "jobs": 1 + len(claimed)}
+
+
+def end_failed_job(payload: Any, job_id: str, reason: str) -> None:
+    """A job that failed for good (its retries spent on something unexpected): its events
+    reach a final state too, failed as JOB_FAILED (listed, replayable), their pending marks
+    dropped, instead of reading `queued` for as long as RQ keeps the failed job. An event's
+    own job has recorded its failure already; an unreadable payload names no events."""
+    try:
+        found = read_payload(payload, job_id)
+    except EventpipeError:
+        return
+    if found.kind == EVENT or not found.events:
+        return
+    ctx = get_context()
+    error = EventpipeError(f"The job failed: {reason}", code="JOB_FAILED", status=500)
+    outcome = BatchOutcome(failed=[(event, error) for event in found.events])
+    record_failed(ctx.engine, outcome.failed)
+    _finish(ctx, RunningJob(job_id, ""), found.events, outcome, [], split_failures=False)
 
 
 def _time_left(ctx: WorkerContext, started: float) -> Callable[[], bool]:

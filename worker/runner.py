@@ -30,6 +30,7 @@ from shared.queue import refuse_dequeued, release_claims, release_legacy_claims,
 from shared.settings import get_settings
 from worker import metrics
 from worker.context import get_context
+from worker.jobs import end_failed_job
 
 log = logging.getLogger("eventpipe.worker")
 
@@ -97,6 +98,8 @@ class EventWorker(SimpleWorker):
         if isinstance(sys.exc_info()[1], StoreUnavailable):
             self._requeue_for_store(job, queue, execution)
             return
+        final = not job.should_retry
+        error = sys.exc_info()[1]
         super().handle_job_failure(
             job,
             queue,
@@ -104,6 +107,14 @@ class EventWorker(SimpleWorker):
             exc_string=exc_string,
             execution=execution,
         )
+        if final:
+            self._end_events(job, type(error).__name__ if error else "unknown")
+
+    def _end_events(self, job: Job, reason: str) -> None:
+        try:
+            end_failed_job(job.args[0] if job.args else None, job.id, reason)
+        except Exception:  # RQ keeps the failed job, its events in it: nothing is lost
+            log.exception("could not record the events of failed job %s", job.id)
 
     def _release_claims(self) -> None:
         """The failed job's claimed group jobs go back to the queue, unspent: they did not

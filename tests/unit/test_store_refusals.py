@@ -112,3 +112,20 @@ def test_parts_left_when_time_runs_short_are_handed_off_as_split_jobs(
     assert payloads[0].events == batch[:4]
     marks = worker_ctx.redis.hmget(PENDING_KEY, [e["id"] for e in batch[:4]])
     assert set(marks) == {jobs[0].id.encode()}
+
+
+@pytest.mark.parametrize("timeouts", [-1, True, "2", 1.5])
+def test_a_payload_with_a_bad_timeout_count_is_bad(timeouts: Any) -> None:
+    payload = {**make_payload([], SPLIT), "timeouts": timeouts}
+    with pytest.raises(errors.EventpipeError) as caught:
+        read_payload(payload)
+    assert caught.value.code == "BAD_PAYLOAD"
+
+
+def test_the_noeviction_vouch_is_a_boolean_setting() -> None:
+    from shared.settings import load_settings
+
+    assert load_settings({"REDIS_ASSUME_NOEVICTION": "true"}).redis_assume_noeviction is True
+    assert load_settings({}).redis_assume_noeviction is False
+    with pytest.raises(ValueError):
+        load_settings({"REDIS_ASSUME_NOEVICTION": "maybe"})

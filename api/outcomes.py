@@ -18,6 +18,7 @@ import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -102,9 +103,15 @@ class Outcomes:
         try:
             items = jsonio.loads(data)
         except ValueError:
+            items = None
+        if not isinstance(items, list):
             log.warning("ignoring a malformed outcome message")
             return
-        for event_id, status, detail in items:
+        for item in items:
+            if not _well_formed(item):  # anyone can publish: one bad item must not end us
+                log.warning("ignoring a malformed outcome item")
+                continue
+            event_id, status, detail = item
             future = self._waiters.get(event_id)
             if future is None or future.done():
                 continue
@@ -112,3 +119,14 @@ class Outcomes:
                 future.set_result(Outcome(event_id, status, contact_id=detail))
             else:
                 future.set_result(Outcome(event_id, status, code=detail))
+
+
+def _well_formed(item: Any) -> bool:
+    """[event id, "stored" | "failed", contact id or code (or None)]: the workers' shape."""
+    return (
+        isinstance(item, list)
+        and len(item) == 3
+        and isinstance(item[0], str)
+        and item[1] in ("stored", "failed")
+        and (item[2] is None or isinstance(item[2], str))
+    )

@@ -368,7 +368,12 @@ def find_outcome(project_id: str, event_id: str, *, conn: Connection) -> dict[st
     return {
         **queued_view(failed.payload),
         "status": "failed",
-        "error": {"code": failed.code, "message": failed.message},
+        # A store refusal's message is the database's, which may quote values: operators
+        # read it (`eventpipe failed show`, the admin API); clients get a generic one.
+        "error": {
+            "code": failed.code,
+            "message": errors.CLIENT_MESSAGES.get(failed.code, failed.message),
+        },
     }
 
 

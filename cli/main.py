@@ -200,6 +200,7 @@ def serve_api(args: argparse.Namespace, settings: Settings) -> int:
 
     from shared.metrics import use_directory
 
+    check_redis(settings)
     if settings.redis_durability == "fsync":
         # Here, not only in each worker's lifespan: uvicorn with --workers > 1 exits 0 when
         # its workers fail to start, and a supervisor would take that for a clean stop.
@@ -212,6 +213,16 @@ def serve_api(args: argparse.Namespace, settings: Settings) -> int:
         if temporary:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def check_redis(settings: Settings) -> None:
+    """Before any process starts (uvicorn with --workers > 1 exits 0 when its workers fail):
+    refuse a Redis that may evict queued events (EventpipeError, exit 1); warn of one
+    without AOF."""
+    from shared.queue import check_redis_keeps
+
+    for warning in check_redis_keeps(settings):
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _check_fsync(settings: Settings) -> None:
@@ -259,6 +270,7 @@ def run_all(args: argparse.Namespace, settings: Settings) -> int:
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from worker.runner import run_workers
 
+    check_redis(settings)
     return run_workers(args.processes, burst=args.burst, metrics_port=args.metrics_port)
 
 

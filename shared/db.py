@@ -27,7 +27,13 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeEngine
 
 from shared import jsonio
-from shared.errors import StoreUnavailable, ValidationFailed
+from shared.errors import (
+    EventpipeError,
+    StoreRefused,
+    StoreTimeout,
+    StoreUnavailable,
+    ValueRefused,
+)
 from shared.settings import Settings
 
 log = logging.getLogger("eventpipe.store")
@@ -56,7 +62,8 @@ def make_engine(settings: Settings) -> Engine:
         connect_args={
             "connect_timeout": settings.db_connect_timeout,
             # A statement must never outlive its job: the job timeout is the bigger bound.
-            "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
+            "options": f"-c statement_timeout={settings.db_statement_timeout_ms}"
+            f" -c lock_timeout={settings.db_lock_timeout_ms}",
             "keepalives": 1,
             "keepalives_idle": 30,
             "keepalives_interval": 10,
@@ -87,22 +94,57 @@ def _sqlite_engine(settings: Settings) -> Engine:
 
 @contextlib.contextmanager
 def transaction(engine: Engine) -> Iterator[Connection]:
-    """One transaction; connection-level failures become StoreUnavailable (retryable)."""
+    """One transaction; the driver's errors become eventpipe's (see translate)."""
     try:
         with engine.begin() as conn:
             yield conn
-    except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-        raise StoreUnavailable() from exc
-    except sa_exc.DataError as exc:
-        # A value the store cannot hold that the checks let through: the caller's input, not
-        # an outage (a 400, never a 500; retrying cannot help). The database's words are
-        # logged, not answered: they describe our schema, not the client's request.
-        log.warning("the store refused a value: %s", str(exc.orig).strip())
-        raise ValidationFailed("A value in the request cannot be stored") from exc
     except sa_exc.DBAPIError as exc:
-        if exc.connection_invalidated:
-            raise StoreUnavailable() from exc
-        raise
+        error = translate(exc)
+        if error is None:
+            raise
+        if isinstance(error, ValueRefused):
+            # The database's words are logged, not answered: they describe our schema, not
+            # the client's request.
+            log.warning("the store refused a value: %s", error.detail)
+        raise error from exc
+
+
+# SQLSTATE classes and codes of a store that does not answer, or not now: connection (08),
+# resources (53), operator intervention (57: shutdown, cannot connect now), system (58),
+# transaction rollback (40: serialization, deadlock); a read-only transaction (a replica
+# promoted, a database set read-only) and a lock not granted within lock_timeout.
+OUTAGE_CLASSES = frozenset({"08", "53", "57", "58", "40"})
+OUTAGE_STATES = frozenset({"25006", "55P03"})
+READ_ONLY_STATE = "25006"
+# statement_timeout, or a query cancelled by an operator: maybe load, maybe one slow row.
+TIMEOUT_STATE = "57014"
+
+
+def translate(exc: sa_exc.DBAPIError) -> EventpipeError | None:
+    """The one reading of a driver error, by its SQLSTATE (SQLAlchemy's classes mislead: an
+    over-long index value is an OperationalError, a read-only transaction an InternalError).
+    None: not a store error of ours (left to rise as it is)."""
+    state: str | None = getattr(exc.orig, "sqlstate", None)
+    if state == TIMEOUT_STATE:
+        return StoreTimeout(state, _primary(exc))
+    if exc.connection_invalidated or state in OUTAGE_STATES or (state or "")[:2] in OUTAGE_CLASSES:
+        return StoreUnavailable()
+    if state is None and isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+        return StoreUnavailable()  # no answer at all (refused, closed), or SQLite busy
+    if isinstance(exc, sa_exc.DataError):
+        # A value the store cannot hold that the checks let through: the caller's input.
+        return ValueRefused(state or "22000", _primary(exc))
+    if state is None and not isinstance(exc, sa_exc.IntegrityError):
+        return None
+    return StoreRefused(state or "23000", _primary(exc))
+
+
+def _primary(exc: sa_exc.DBAPIError) -> str:
+    """The server's message without DETAIL or HINT (a check violation's DETAIL quotes the
+    row's values)."""
+    diag = getattr(exc.orig, "diag", None)
+    primary = getattr(diag, "message_primary", None)
+    return str(primary or exc.orig).strip().splitlines()[0][:500]
 
 
 def insert_ignoring_duplicates(
@@ -149,10 +191,14 @@ def _pg_type(column_type: TypeEngine[Any]) -> str:
 
 
 def ping(engine: Engine) -> bool:
+    """Whether the store answers and takes writes: a read-only session (25006, a database
+    set read-only, a standby) answers SELECT 1 but is still an outage to the worker."""
     try:
         with engine.connect() as conn:
-            conn.exec_driver_sql("SELECT 1")
-        return True
+            if conn.dialect.name != "postgresql":
+                conn.exec_driver_sql("SELECT 1")
+                return True
+            return conn.exec_driver_sql("SHOW transaction_read_only").scalar() == "off"
     except sa_exc.SQLAlchemyError:
         return False
 

@@ -89,6 +89,59 @@ class StoreUnavailable(ServiceUnavailable):
         super().__init__(message)
 
 
+class StoreRefused(EventpipeError):
+    """The database refused what it was given (a constraint, a trigger, a policy, a value over
+    a limit): not an outage, and the same rows tried again cannot help. The database's own
+    words (`detail`, with the SQLSTATE) are for operators only: they may quote values."""
+
+    status = 422
+    code = "STORE_REJECTED"
+    CLIENT_MESSAGE = (
+        "The store refused this event; an operator can replay it once the cause is fixed"
+    )
+
+    def __init__(self, sqlstate: str, reason: str) -> None:
+        super().__init__(self.CLIENT_MESSAGE)
+        self.sqlstate = sqlstate
+        self.detail = f"{sqlstate}: {reason}"
+
+    def failure(self) -> EventpipeError:
+        """What a refused event is recorded as: this class's code, the database's words."""
+        return EventpipeError(self.detail, code=StoreRefused.code, status=self.status)
+
+
+class StoreTimeout(StoreRefused):
+    """A statement timed out or was cancelled: tried again a bounded number of times, then a
+    refusal of the events that keep timing out."""
+
+    code = "STORE_TIMEOUT"
+    CLIENT_MESSAGE = "The store timed out on this event; an operator can replay it"
+
+    def failure(self) -> EventpipeError:
+        return EventpipeError(self.detail, code=self.code, status=self.status)
+
+
+class ValueRefused(StoreRefused):
+    """A value the store cannot hold that the API's checks let through (class 22, or the
+    driver's own refusal): the caller's input, a 400 in the API."""
+
+    status = 400
+    code = "VALIDATION_FAILED"
+
+    def __init__(self, sqlstate: str, reason: str) -> None:
+        super().__init__(sqlstate, reason)
+        # Generic for the client: the database's words (in `detail`) are for the log.
+        self.message = "A value in the request cannot be stored"
+        self.args = (self.message,)
+
+
+# Failure codes whose stored message is the database's: operators read it, clients get these.
+CLIENT_MESSAGES = {
+    StoreRefused.code: StoreRefused.CLIENT_MESSAGE,
+    StoreTimeout.code: StoreTimeout.CLIENT_MESSAGE,
+}
+
+
 # The send contract's own codes and messages (contract.md, POST /v1/events/send).
 def email_or_contact_id_required() -> EventpipeError:
     return ValidationFailed(

@@ -57,7 +57,16 @@ class Settings:
     db_threads: int = 8
     db_connect_timeout: int = 5
     db_statement_timeout_ms: int = 30_000
+    # A lock held elsewhere (a migration, VACUUM FULL, an open transaction) waited for this
+    # long, then an outage (55P03) rather than a statement timeout taken for a refusal.
+    db_lock_timeout_ms: int = 5_000
+    # How often a statement timeout (57014) is tried again before the events that keep timing
+    # out are split apart and failed as STORE_TIMEOUT.
+    store_timeout_retries: int = 2
     redis_timeout_seconds: float = 5.0
+    # A Redis that hides its maxmemory-policy (CONFIG and INFO refused) is refused at start
+    # unless the operator vouches for noeviction here.
+    redis_assume_noeviction: bool = False
     # When an accepted event is answered 202 (README, "Guarantees"): "aof" once its group's
     # MULTI/EXEC is applied (in the AOF through write(2): it survives a crash of Redis, not
     # of the machine); "fsync" only once WAITAOF confirms the group fsynced to the AOF.
@@ -114,7 +123,10 @@ ENV_NAMES: dict[str, str] = {
     "DB_THREADS": "db_threads",
     "DB_CONNECT_TIMEOUT": "db_connect_timeout",
     "DB_STATEMENT_TIMEOUT_MS": "db_statement_timeout_ms",
+    "DB_LOCK_TIMEOUT_MS": "db_lock_timeout_ms",
+    "STORE_TIMEOUT_RETRIES": "store_timeout_retries",
     "REDIS_TIMEOUT_SECONDS": "redis_timeout_seconds",
+    "REDIS_ASSUME_NOEVICTION": "redis_assume_noeviction",
     "REDIS_DURABILITY": "redis_durability",
     "REDIS_FSYNC_TIMEOUT_MS": "redis_fsync_timeout_ms",
     "RETRY_AFTER_SECONDS": "retry_after_seconds",
@@ -179,9 +191,18 @@ def _convert(env_name: str, raw: str, type_name: str) -> Any:
             return int(raw)
         if type_name == "float":
             return float(raw)
+        if type_name == "bool":
+            return _boolean(raw)
     except ValueError as exc:
         raise ValueError(f"{env_name}={raw!r} is not a valid {type_name}") from exc
     return raw
+
+
+def _boolean(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(raw)
+    return lowered in ("true", "1", "yes")
 
 
 @lru_cache(maxsize=1)

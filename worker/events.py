@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,74 @@ class BatchOutcome:
     # Rows actually added: fewer than `stored` when a redelivered job met its own rows.
     inserted: int = 0
     failed: list[tuple[Event, errors.EventpipeError]] = field(default_factory=list)
+    # Set by store_apart: insert attempts made, statement timeouts spent, and the parts left
+    # untried when the job's time ran short (to be handed off as jobs of their own).
+    attempts: int = 0
+    timeouts: int = 0
+    left: list[list[Event]] = field(default_factory=list)
+
+    def add(self, other: BatchOutcome) -> None:
+        self.stored += other.stored
+        self.contacts.update(other.contacts)
+        self.inserted += other.inserted
+        self.failed += other.failed
+
+
+def store_apart(
+    engine: Engine,
+    batch: Sequence[Event],
+    *,
+    replay: bool = False,
+    timeouts: tuple[int, int] = (0, 0),
+    time_left: Callable[[], bool] = lambda: True,
+) -> BatchOutcome:
+    """store_batch; and when the store refuses the batch (not an outage), its halves apart,
+    until each refused event is alone: every storable event is stored and each refused one
+    is recorded failed with the database's words. One refused event of n costs at most
+    1 + 2*ceil(log2 n) attempts. A statement timeout is tried again while `timeouts` (spent,
+    allowed) has some left, then counts as a refusal. Parts not tried once `time_left()`
+    says no are left in `outcome.left`."""
+    outcome = BatchOutcome(timeouts=timeouts[0])
+    parts = [list({e["id"]: e for e in batch}.values())]
+    refused: list[tuple[Event, errors.StoreRefused]] = []
+    while parts and (outcome.attempts == 0 or time_left()):
+        part = parts.pop()
+        outcome.attempts += 1
+        try:
+            outcome.add(store_batch(engine, part, replay=replay))
+        except errors.StoreRefused as exc:
+            if isinstance(exc, errors.StoreTimeout) and outcome.timeouts < timeouts[1]:
+                outcome.timeouts += 1
+                parts.append(part)
+            elif len(part) == 1:
+                refused.append((part[0], exc))
+            else:
+                parts += [part[len(part) // 2 :], part[: len(part) // 2]]
+    outcome.left = parts
+    record_refusals(engine, refused, outcome)
+    return outcome
+
+
+def record_refusals(
+    engine: Engine, refused: Sequence[tuple[Event, errors.StoreRefused]], outcome: BatchOutcome
+) -> None:
+    """The refused events, each failed on its own, in a transaction of their own. Should the
+    store refuse even that, the error rises and RQ keeps the job (its events in Redis)."""
+    failed = [(event, exc.failure()) for event, exc in refused]
+    record_failed(engine, failed)
+    outcome.failed += failed
+
+
+def record_failed(engine: Engine, failed: Sequence[tuple[Event, errors.EventpipeError]]) -> None:
+    """Failed events recorded (each failure counted in its attempts) in one transaction."""
+    if not failed:
+        return
+    now = utcnow()
+    with transaction(engine) as conn:
+        record_failures(conn, failed_events, [_failure_row(e, err, now) for e, err in failed])
+        conn.execute(
+            insert(failed_event_attempts), [_attempt_row(e, err, now) for e, err in failed]
+        )
 
 
 def store_batch(engine: Engine, batch: Sequence[Event], *, replay: bool = False) -> BatchOutcome:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from shared import jsonio
@@ -17,6 +18,7 @@ from shared.queue import (
     PENDING_KEY,
     STORED_KEY,
     Event,
+    JobWriter,
     RunningJob,
     add_failed_event,
     claim_jobs,
@@ -28,7 +30,7 @@ from shared.queue import (
 )
 from worker import metrics
 from worker.context import WorkerContext, get_context
-from worker.events import BatchOutcome, store_batch
+from worker.events import BatchOutcome, record_failed, store_apart
 
 log = logging.getLogger("eventpipe.worker.jobs")
 
@@ -44,8 +46,15 @@ def store_events(payload: dict[str, Any]) -> dict[str, int]:
     found = read_payload(payload, job.id)
     batch = found.events
     claimed = _claim(ctx, job) if found.kind == GROUP else []
-    batch += claimed_events(ctx.queue, claimed)
-    outcome = store_batch(ctx.engine, batch, replay=found.kind != GROUP)
+    more, claimed = claimed_events(ctx.queue, job.worker_name, claimed)
+    batch += more
+    outcome = store_apart(
+        ctx.engine,
+        batch,
+        replay=found.kind != GROUP,
+        timeouts=(found.timeouts, ctx.settings.store_timeout_retries),
+        time_left=_time_left(ctx, started),
+    )
     # An event's own failed job, requeued (`rq requeue`), fails again as itself; a replay
     # job of `eventpipe replay` (or a group job) splits its failures out.
     fails_itself = found.kind == EVENT and bool(outcome.failed)
@@ -56,6 +65,33 @@ def store_events(payload: dict[str, Any]) -> dict[str, int]:
         fail_running_job(error)
         raise EventFailed(error.message, code=error.code, status=error.status)
     return {"stored": len(outcome.stored), "failed": len(outcome.failed), "jobs": 1 + len(claimed)}
+
+
+def end_failed_job(payload: Any, job_id: str, reason: str) -> None:
+    """A job that failed for good (its retries spent on something unexpected): its events
+    reach a final state too, failed as JOB_FAILED (listed, replayable), their pending marks
+    dropped, instead of reading `queued` for as long as RQ keeps the failed job. An event's
+    own job has recorded its failure already; an unreadable payload names no events."""
+    try:
+        found = read_payload(payload, job_id)
+    except EventpipeError:
+        return
+    if found.kind == EVENT or not found.events:
+        return
+    ctx = get_context()
+    error = EventpipeError(f"The job failed: {reason}", code="JOB_FAILED", status=500)
+    outcome = BatchOutcome(failed=[(event, error) for event in found.events])
+    record_failed(ctx.engine, outcome.failed)
+    _finish(ctx, RunningJob(job_id, ""), found.events, outcome, [], split_failures=False)
+
+
+def _time_left(ctx: WorkerContext, started: float) -> Callable[[], bool]:
+    """Whether one more statement (which may last the statement timeout) fits in the job's
+    timeout, with a margin for the outcome's round trips: a job splitting refused events
+    apart hands the rest off rather than overrun its timeout."""
+    settings = ctx.settings
+    budget = settings.job_timeout * 0.8 - settings.db_statement_timeout_ms / 1000
+    return lambda: time.perf_counter() - started < budget
 
 
 def _claim(ctx: WorkerContext, job: RunningJob) -> list[str]:
@@ -77,11 +113,14 @@ def _finish(
     *,
     split_failures: bool,
 ) -> None:
-    """In one round trip: drop the pending marks, split each failed event out as a failed
-    job of its own keyed by the event id (an operator can replay exactly that event), finish
-    the claimed jobs and count the outcome for `eventpipe stats`."""
+    """In one round trip: drop the pending marks, hand the parts left untried off as split
+    jobs (their marks re-pointed), split each failed event out as a failed job of its own
+    keyed by the event id (an operator can replay exactly that event), finish the claimed
+    jobs and count the outcome for `eventpipe stats`."""
     with ctx.redis.pipeline(transaction=True) as pipe:
         pipe.hdel(PENDING_KEY, *[e["id"] for e in batch])
+        if outcome.left:
+            JobWriter(ctx.queue).add_split(pipe, outcome.left, outcome.timeouts)
         finish_claimed(ctx.queue, pipe, job.worker_name, claimed)
         _count_outcome(pipe, outcome)
         if split_failures:
@@ -129,6 +168,8 @@ def _observe(
         "events": len(batch),
         "stored": outcome.inserted,
         "failed": len(outcome.failed),
+        "attempts": outcome.attempts,
+        "handedOff": sum(len(part) for part in outcome.left),
         "ms": round(seconds * 1000, 3),
         "projectIds": sorted({e["projectId"] for e in batch}),
         "eventIds": [e["id"] for e in batch],

@@ -26,10 +26,11 @@ from shared.db import ping
 from shared.errors import StoreUnavailable
 from shared.logs import configure_logging
 from shared.metrics import registry, use_directory
-from shared.queue import release_claims, release_legacy_claims, renew_claims
+from shared.queue import refuse_dequeued, release_claims, release_legacy_claims, renew_claims
 from shared.settings import get_settings
 from worker import metrics
 from worker.context import get_context
+from worker.jobs import end_failed_job
 
 log = logging.getLogger("eventpipe.worker")
 
@@ -48,6 +49,26 @@ class EventWorker(SimpleWorker):
         # never renews it: a killed worker's job waited ~2.5 min to be found abandoned. A
         # short entry, renewed while the job runs (_JobHeartbeat), is found within seconds.
         return get_context().settings.worker_heartbeat_seconds
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        # Before RQ's own path, which would import and call whatever the job names.
+        if refuse_dequeued(get_context().queue, job.id):
+            return
+        super().execute_job(job, queue)
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        # A job hash RQ cannot restore (a bogus status) raises inside RQ's dequeue, and its
+        # work loop would quit: fail that job and go on. RQ names the job on the exception.
+        while True:
+            try:
+                return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            except Exception as exc:
+                job_id = getattr(exc, "job_id", None)
+                if not isinstance(job_id, str):
+                    raise
+                refuse_dequeued(get_context().queue, job_id, f"unreadable job ({exc})")
 
     def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
         with _JobHeartbeat(self, job, execution, self.get_heartbeat_ttl(job)):
@@ -77,6 +98,8 @@ class EventWorker(SimpleWorker):
         if isinstance(sys.exc_info()[1], StoreUnavailable):
             self._requeue_for_store(job, queue, execution)
             return
+        final = not job.should_retry
+        error = sys.exc_info()[1]
         super().handle_job_failure(
             job,
             queue,
@@ -84,6 +107,14 @@ class EventWorker(SimpleWorker):
             exc_string=exc_string,
             execution=execution,
         )
+        if final:
+            self._end_events(job, type(error).__name__ if error else "unknown")
+
+    def _end_events(self, job: Job, reason: str) -> None:
+        try:
+            end_failed_job(job.args[0] if job.args else None, job.id, reason)
+        except Exception:  # RQ keeps the failed job, its events in it: nothing is lost
+            log.exception("could not record the events of failed job %s", job.id)
 
     def _release_claims(self) -> None:
         """The failed job's claimed group jobs go back to the queue, unspent: they did not
@@ -105,11 +136,15 @@ class EventWorker(SimpleWorker):
 
     def wait_for_store(self) -> None:
         engine = get_context().engine
+        # Pooled sessions keep what they were given at connect: one opened while the database
+        # was read-only stays read-only after it is writable again.
+        engine.dispose()
         delay = 0.2
         started = time.monotonic()
         metrics.STORE_WAITS.inc()
         while not self._stop_requested and not ping(engine):
             self.heartbeat()
+            engine.dispose()
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
         metrics.STORE_WAIT_SECONDS.inc(time.monotonic() - started)

@@ -9,6 +9,7 @@ redis-py internal (tests/unit/test_queue_boundary.py checks it). What it owns:
 - payload.py: the job payload, `{"v": 3, "kind": ..., "events": [...]}` (version 2 read);
 - enqueue.py: the job hash written directly, the group write (MULTI/EXEC), and the fsync
   write with its raw reply parsing;
+- guard.py: only eventpipe's jobs run (anything else in the queue failed unrun);
 - claims.py: group jobs claimed by a running job as RQ started work, renewed, finished,
   given back;
 - registries.py: failed events, replay's requeue, the queue's figures, one job's payload,
@@ -30,6 +31,7 @@ from shared.queue.connect import (
     PROTOCOL,
     JobQueue,
     bump_config_version,
+    check_redis_keeps,
     connect_async,
     connect_redis,
     connect_subscriber,
@@ -47,6 +49,7 @@ from shared.queue.enqueue import (
     enqueue_events_fsync,
     enqueue_function,
 )
+from shared.queue.guard import refuse_dequeued
 from shared.queue.keys import (
     ACCEPTED_KEY,
     CONFIG_VERSION_KEY,
@@ -55,7 +58,16 @@ from shared.queue.keys import (
     PENDING_KEY,
     STORED_KEY,
 )
-from shared.queue.payload import EVENT, GROUP, REPLAY, Event, Payload, make_payload, read_payload
+from shared.queue.payload import (
+    EVENT,
+    GROUP,
+    REPLAY,
+    SPLIT,
+    Event,
+    Payload,
+    make_payload,
+    read_payload,
+)
 from shared.queue.registries import (
     QueueFigures,
     ReplayQueue,
@@ -82,6 +94,7 @@ __all__ = [
     "PENDING_KEY",
     "PROTOCOL",
     "REPLAY",
+    "SPLIT",
     "STORED_KEY",
     "Event",
     "GroupWrite",
@@ -96,6 +109,7 @@ __all__ = [
     "bump_config_version",
     "check_fsync_replies",
     "check_fsync_support",
+    "check_redis_keeps",
     "claim_jobs",
     "claimed_events",
     "connect_async",
@@ -115,6 +129,7 @@ __all__ = [
     "queued_payload",
     "queued_seconds",
     "read_payload",
+    "refuse_dequeued",
     "release_claims",
     "release_legacy_claims",
     "renew_claims",

@@ -25,6 +25,7 @@ from rq.utils import now, utcformat
 
 from shared.queue.connect import JobQueue
 from shared.queue.enqueue import DESCRIPTIONS, payload_of
+from shared.queue.guard import CHECKED_FIELDS, fail_unrun, foreign_reason
 from shared.queue.keys import LEGACY_CLAIMED_PREFIX
 from shared.queue.payload import GROUP, Event, read_payload
 
@@ -128,18 +129,38 @@ def claim_jobs(queue: JobQueue, claimer: str, room: int, ttl: int) -> list[str]:
     return [i.decode() for i in cast(list[bytes], taken)]
 
 
-def claimed_events(queue: JobQueue, job_ids: Sequence[str]) -> list[Event]:
+def claimed_events(
+    queue: JobQueue, claimer: str, job_ids: Sequence[str]
+) -> tuple[list[Event], list[str]]:
+    """The events of `claimer`'s claimed jobs, and the ids of those still claimed: a claimed
+    job that is not one of eventpipe's (guard.py) is failed unrun and leaves the claim."""
     if not job_ids:
-        return []
+        return [], []
     with queue.connection.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
-            pipe.hget(queue.keys.job(job_id), "data")
-        blobs: list[bytes | None] = pipe.execute()
+            pipe.hmget(queue.keys.job(job_id), list(CHECKED_FIELDS))
+        replies: list[list[bytes | None]] = pipe.execute()
     events: list[Event] = []
-    for job_id, blob in zip(job_ids, blobs, strict=True):
-        if blob is not None:  # a job deleted meanwhile has nothing left to store
-            events.extend(read_payload(payload_of(blob), job_id).events)
-    return events
+    kept: list[str] = []
+    for job_id, values in zip(job_ids, replies, strict=True):
+        fields = dict(zip(CHECKED_FIELDS, values, strict=True))
+        blob = fields[b"data"]
+        if blob is None:  # a job deleted meanwhile has nothing left to store
+            continue
+        reason = foreign_reason(fields)
+        if reason is not None:
+            _fail_claimed(queue, claimer, job_id, reason)
+            continue
+        events.extend(read_payload(payload_of(blob), job_id).events)
+        kept.append(job_id)
+    return events, kept
+
+
+def _fail_claimed(queue: JobQueue, claimer: str, job_id: str, reason: str) -> None:
+    with queue.connection.pipeline(transaction=True) as pipe:
+        pipe.zrem(queue.keys.started, job_id + _suffix(claimer))
+        fail_unrun(queue, pipe, job_id, reason)
+        pipe.execute()
 
 
 def renew_claims(queue: JobQueue, pipe: Any, claimer: str, ttl: int) -> None:

@@ -9,7 +9,7 @@ applies 5 s defaults.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -19,6 +19,7 @@ from redis.retry import Retry
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from shared.errors import EventpipeError
 from shared.queue.keys import CONFIG_VERSION_KEY, RQKeys
 from shared.settings import Settings
 
@@ -94,3 +95,56 @@ def make_queue(settings: Settings, connection: redis.Redis) -> JobQueue:
 
 def bump_config_version(connection: redis.Redis) -> None:
     connection.incr(CONFIG_VERSION_KEY)
+
+
+def check_redis_keeps(settings: Settings) -> list[str]:
+    """Raises EventpipeError when the Redis at REDIS_URL may evict keys: any maxmemory-policy
+    but noeviction (volatile-* evicts what eventpipe gives a TTL: failed jobs, idempotency
+    answers), even with no maxmemory, which can be set at run time. Returns warnings (AOF
+    off). A Redis that does not answer is not refused here: the processes wait for it."""
+    client = connect_redis(settings)
+    try:
+        policy = _read_setting(client, "maxmemory-policy", "memory", "maxmemory_policy")
+        aof = _read_setting(client, "appendonly", "persistence", "aof_enabled")
+    except redis.ConnectionError:
+        return [f"could not check the Redis at {_where(client)}: it does not answer"]
+    finally:
+        client.close()
+    if policy is None and not settings.redis_assume_noeviction:
+        raise EventpipeError(
+            f"Redis {_where(client)} refuses both CONFIG GET and INFO, so its maxmemory-policy"
+            " is unknown; grant +config|get or +info, or set REDIS_ASSUME_NOEVICTION=true"
+        )
+    if policy not in (None, "noeviction"):
+        raise EventpipeError(
+            f"Redis {_where(client)} runs with maxmemory-policy {policy}, which can evict "
+            "queued events; set maxmemory-policy noeviction"
+        )
+    if aof in ("no", "0"):
+        return [
+            f"Redis {_where(client)} runs without AOF (appendonly no): a restart of it loses"
+            " what it holds"
+        ]
+    return []
+
+
+def _read_setting(client: redis.Redis, name: str, section: str, field: str) -> str | None:
+    """A server setting by CONFIG GET, else from INFO (servers that rename or forbid CONFIG,
+    as managed ones do); None when both are refused."""
+    try:
+        found = cast("dict[str, str]", client.config_get(name)).get(name)
+        if found is not None:
+            return str(found)
+    except redis.ResponseError:
+        pass
+    try:
+        info = client.info(section)
+    except redis.ResponseError:
+        return None
+    value = info.get(field)
+    return None if value is None else str(value)
+
+
+def _where(client: redis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"

@@ -20,7 +20,7 @@ from shared.errors import EventpipeError, QueueUnavailable
 from shared.ids import new_id
 from shared.queue.connect import PROTOCOL, JobQueue
 from shared.queue.keys import ACCEPTED_KEY, PENDING_KEY
-from shared.queue.payload import EVENT, GROUP, REPLAY, Event, make_payload
+from shared.queue.payload import EVENT, GROUP, REPLAY, SPLIT, Event, make_payload
 from shared.settings import Settings
 
 JOB_FUNC = "worker.jobs.store_events"
@@ -33,15 +33,19 @@ DESCRIPTIONS = {
     GROUP: "eventpipe: a group of events",
     REPLAY: "eventpipe: a replay of failed events",
     EVENT: "eventpipe: one failed event",
+    SPLIT: "eventpipe: part of a refused group",
 }
 # A Redis string written with a job, in the same transaction: (key, value, ttl seconds).
 Record = tuple[str, bytes, int]
 
 
 def new_job_id(kind: str = GROUP) -> str:
-    """Readable in RQ's tools: "g" for a group job, "r" for a replay job. Nothing reads the
-    prefix back: the kind is in the payload and the hash."""
-    return f"{'g' if kind == GROUP else 'r'}{new_id()}"
+    """Readable in RQ's tools: "g" for a group job, "s" for a split one, "r" for a replay
+    job. Nothing reads the prefix back: the kind is in the payload and the hash."""
+    return f"{_ID_PREFIXES.get(kind, 'r')}{new_id()}"
+
+
+_ID_PREFIXES = {GROUP: "g", SPLIT: "s"}
 
 
 def job_options(settings: Settings, kind: str = GROUP) -> dict[str, Any]:
@@ -88,11 +92,13 @@ class JobWriter:
         self._shared = {k: v for k, v in shared.items() if v != ""}
         self._keys = queue.keys
 
-    def fields(self, events: Sequence[Event], kind: str = GROUP) -> dict[str, Any]:
+    def fields(
+        self, events: Sequence[Event], kind: str = GROUP, timeouts: int = 0
+    ) -> dict[str, Any]:
         """The job hash of a job carrying `events`; the kind is in the payload and the
         description."""
         stamp = utcformat(datetime.now(UTC))
-        data = job_data(make_payload(events, kind))
+        data = job_data(make_payload(events, kind, timeouts))
         return {
             **self._shared,
             "data": data,
@@ -114,6 +120,18 @@ class JobWriter:
         for key, value, ttl in records:
             pipe.set(key, value, ex=ttl)
         return job_id
+
+    def add_split(self, pipe: Any, parts: Sequence[Sequence[Event]], timeouts: int) -> None:
+        """Hand parts of a refused job off as split jobs at the front of the queue, their
+        events' pending marks pointing at them (after the caller dropped the old ones, in
+        the same MULTI/EXEC: a kill leaves either the parent or its parts)."""
+        keys = self._keys
+        pipe.sadd(keys.queues, keys.queue)
+        for events in parts:
+            job_id = new_job_id(SPLIT)
+            pipe.hset(keys.job(job_id), mapping=self.fields(events, SPLIT, timeouts))
+            pipe.lpush(keys.queue, job_id)
+            pipe.hset(PENDING_KEY, mapping={e["id"]: job_id for e in events})
 
 
 def enqueue_events(writer: JobWriter, connection: redis.Redis, events: Sequence[Event]) -> str:

@@ -23,7 +23,11 @@ REPLAY = "replay"
 # One failed event split out of its batch, its job keyed by the event id: run again (`rq
 # requeue`), it fails again as itself.
 EVENT = "event"
-KINDS = (GROUP, REPLAY, EVENT)
+# A part of a job the store refused, handed off when the job's time ran short while it
+# split the refused events apart: never claims and is never claimed (else the parts would
+# regrow into groups); carries the statement timeouts its events have spent.
+SPLIT = "split"
+KINDS = (GROUP, REPLAY, EVENT, SPLIT)
 _LEGACY_REPLAY_PREFIX = "r"
 
 
@@ -31,10 +35,14 @@ _LEGACY_REPLAY_PREFIX = "r"
 class Payload:
     kind: str
     events: list[Event]
+    timeouts: int = 0
 
 
-def make_payload(events: Sequence[Event], kind: str = GROUP) -> dict[str, Any]:
-    return {"v": PAYLOAD_VERSION, "kind": kind, "events": list(events)}
+def make_payload(events: Sequence[Event], kind: str = GROUP, timeouts: int = 0) -> dict[str, Any]:
+    payload = {"v": PAYLOAD_VERSION, "kind": kind, "events": list(events)}
+    if timeouts:
+        payload["timeouts"] = timeouts
+    return payload
 
 
 def read_payload(payload: Any, job_id: str = "") -> Payload:
@@ -49,7 +57,10 @@ def read_payload(payload: Any, job_id: str = "") -> Payload:
         raise EventpipeError(f"Unknown job kind {kind!r}", code="BAD_PAYLOAD")
     if not all(isinstance(e, dict) for e in events):
         raise EventpipeError("Job payload events must be objects", code="BAD_PAYLOAD")
-    return Payload(kind, list(events))
+    timeouts = payload.get("timeouts", 0)
+    if type(timeouts) is not int or timeouts < 0:
+        raise EventpipeError("Job payload timeouts must be a count", code="BAD_PAYLOAD")
+    return Payload(kind, list(events), timeouts)
 
 
 def _legacy_kind(payload: Mapping[str, Any], job_id: str) -> str:

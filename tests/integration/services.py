@@ -113,12 +113,18 @@ class RedisServer:
     so the server reloads its AOF."""
 
     def __init__(
-        self, binary: str = "redis-server", config: Mapping[str, str] | None = None
+        self,
+        binary: str = "redis-server",
+        config: Mapping[str, str] | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="eventpipe-redis-")
         self.binary = binary
         self.config = {"save": "", "appendonly": "no", **(config or {})}
+        # Directives of several words, each word its own argv item (`--rename-command`,
+        # `CONFIG`, ``): given as one item they are a fatal config error.
+        self.extra_args = list(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -130,6 +136,7 @@ class RedisServer:
         argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir]
         for name, value in self.config.items():
             argv += [f"--{name}", value]
+        argv += self.extra_args
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
         wait_until(lambda: port_open(self.port), 10, self.binary)
 

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 
 from shared.db import transaction
-from shared.errors import ValidationFailed
+from shared.errors import ValueRefused
 
 DRIVER_TEXT = "PostgreSQL text fields cannot contain NUL (0x00) bytes; bigint out of range"
 
@@ -26,7 +26,7 @@ class RefusingEngine:
 
 def test_the_stores_words_are_logged_not_answered(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, "eventpipe.store"):
-        with pytest.raises(ValidationFailed) as caught:
+        with pytest.raises(ValueRefused) as caught:
             with transaction(cast(Engine, RefusingEngine())):
                 pass  # pragma: no cover
     assert caught.value.message == "A value in the request cannot be stored"

@@ -158,3 +158,29 @@ def test_an_unreadable_prefer_is_ignored_and_its_key_answers_again(
     assert first.status_code == 202
     again = send(client, project[1], SEND, "", **key)
     assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
+
+
+def test_the_outcome_listener_survives_malformed_messages() -> None:
+    """Anyone who can publish on the channel can send junk: every later outcome still
+    arrives (fakeredis: pub/sub on a real Redis would reach other APIs)."""
+    import asyncio
+
+    import fakeredis
+
+    from api.outcomes import Outcomes
+    from shared.queue import OUTCOMES_CHANNEL
+
+    async def scenario() -> str | None:
+        client = fakeredis.FakeAsyncRedis()
+        outcomes = Outcomes(client)
+        await outcomes.start()
+        try:
+            with outcomes.expect("e1") as future:
+                for junk in (b"1", b"[1]", b'{"a": 1}', b'[["e1", "stored"]]', b"[[[1], 2, 3]]"):
+                    await client.publish(OUTCOMES_CHANNEL, junk)
+                await client.publish(OUTCOMES_CHANNEL, b'[["e1", "stored", "c1"]]')
+                return (await asyncio.wait_for(future, 5)).contact_id
+        finally:
+            await outcomes.stop()
+
+    assert asyncio.run(scenario()) == "c1"

@@ -139,7 +139,7 @@ def test_worker_requeues_on_store_outage_instead_of_failing(
     add_contact(engine, project[0], "jane@example.com")
     event = an_event(project[0])
     enqueue_events(JobWriter(worker_ctx.queue), worker_ctx.queue.connection, [event])
-    real_store = __import__("worker.jobs", fromlist=["store_batch"]).store_batch
+    real_store = __import__("worker.events", fromlist=["store_batch"]).store_batch
     calls = {"store": 0, "ping": 0}
 
     def flaky_store(*args: Any, **kwargs: Any) -> Any:
@@ -152,7 +152,7 @@ def test_worker_requeues_on_store_outage_instead_of_failing(
         calls["ping"] += 1
         return calls["ping"] > 2
 
-    monkeypatch.setattr("worker.jobs.store_batch", flaky_store)
+    monkeypatch.setattr("worker.events.store_batch", flaky_store)
     monkeypatch.setattr("worker.runner.ping", slow_ping)
     monkeypatch.setattr("worker.runner.time.sleep", lambda _s: None)
     worker = EventWorker(
@@ -265,7 +265,7 @@ def test_a_failing_job_gives_its_claims_back_through_the_worker(
     def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("worker.jobs.store_batch", broken)
+    monkeypatch.setattr("worker.events.store_batch", broken)
     worker = EventWorker(
         [worker_ctx.queue.rq], connection=worker_ctx.redis, serializer=JSONSerializer
     )
@@ -321,3 +321,29 @@ def test_with_result_ttl_0_finished_claimed_jobs_are_not_kept(
     assert store_events(*job.args)["jobs"] == 3
     assert [ctx.queue.rq.fetch_job(o) for o in others] == [None, None]
     assert ctx.queue.rq.finished_job_registry.get_job_ids() == [] and _started(ctx) == []
+
+
+def test_a_job_failing_for_good_ends_its_events_as_failed(
+    worker_ctx: WorkerContext, engine: Engine, project: tuple[str, str, str], monkeypatch: Any
+) -> None:
+    """Retries spent on something unexpected: its events are listed failed (JOB_FAILED,
+    replayable) and no longer read `queued`."""
+    batch = [an_event(project[0]) for _ in range(3)]
+    enqueue_events(JobWriter(worker_ctx.queue), worker_ctx.redis, batch)
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("worker.events.store_batch", broken)
+    worker = EventWorker(
+        [worker_ctx.queue.rq], connection=worker_ctx.redis, serializer=JSONSerializer
+    )
+    worker.work(burst=True)
+    assert worker_ctx.queue.rq.failed_job_registry.count == 1
+    with transaction(engine) as conn:
+        failed = {r.id: r for r in conn.execute(select(failed_events))}
+    assert set(failed) == {e["id"] for e in batch}
+    assert {(r.code, r.message) for r in failed.values()} == {
+        ("JOB_FAILED", "The job failed: RuntimeError")
+    }
+    assert worker_ctx.redis.hlen(PENDING_KEY) == 0

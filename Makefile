@@ -9,10 +9,12 @@ PIP_LOCKED = $(BIN)/pip install --quiet --require-hashes --no-deps
 
 .PHONY: run test unit integration lint fmt lock bench bench-durability clean
 
-$(STAMP): requirements-dev.txt requirements-build.txt pyproject.toml
+# The client library (client/, a distribution of its own) is installed beside the server for
+# its tests; its one dependency, httpx2, is already in requirements-dev.txt.
+$(STAMP): requirements-dev.txt requirements-build.txt pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP_LOCKED) -r requirements-build.txt -r requirements-dev.txt
-	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e . -e ./client
 	touch $(STAMP)
 
 # The whole pipeline: API on http://127.0.0.1:8000 and one worker, against DATABASE_URL and

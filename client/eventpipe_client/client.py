@@ -295,17 +295,23 @@ class Client:
         self.counters = Counters()
         self.report = Report(self.counters, self.report.on_rejected, self.report.on_error)
         if "multiprocessing" in sys.modules:
-            # A multiprocessing child ends with os._exit, which skips atexit; its finalizers
-            # run first.
+            # A multiprocessing child ends with os._exit, which skips atexit, after running
+            # its finalizers; it clears them first, then runs its after-fork hooks.
             from multiprocessing import util
 
-            util.Finalize(self, Client.close, args=(self,), exitpriority=100)
+            util.register_after_fork(self, _finalize_on_exit)
 
     def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _finalize_on_exit(client: Client) -> None:
+    from multiprocessing import util
+
+    util.Finalize(client, client.close, exitpriority=100)
 
 
 def _reinit_in_child() -> None:

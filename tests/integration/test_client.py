@@ -184,7 +184,7 @@ def test_drops_forks_and_exit(
     dropped_range = range(30_000, 35_000)
 
     def stored() -> bool:
-        return len(_totals(engine)) >= len(expected) + drops["sent"]
+        return len(_totals(engine)) >= len(expected) + int(drops["sent"])
 
     wait_until(stored, 60, "every event stored")
     totals = _totals(engine)

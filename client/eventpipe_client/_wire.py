@@ -268,15 +268,16 @@ def _read_receipts(
     batch: Batch, receipts: list[dict[str, Any]], outcome: Outcome, report: Report
 ) -> list[Event]:
     again: list[Event] = []
+    sent = duplicate = 0
     for receipt in receipts:
         index = receipt.get("index")
         if not isinstance(index, int) or not 0 <= index < len(batch.events):
             continue
         status = receipt.get("status")
         if status == "accepted":
-            outcome.sent += 1
+            sent += 1
         elif status == "duplicate":
-            outcome.duplicate += 1
+            duplicate += 1
         else:
             error = receipt.get("error") or {}
             code, message = str(error.get("code")), str(error.get("message"))
@@ -285,8 +286,10 @@ def _read_receipts(
             else:
                 outcome.rejected.append((batch.events[index], code, message))
                 report.rejected(batch.events[index], code, message)
-    report.counters.add("sent", outcome.sent)
-    report.counters.add("duplicate", outcome.duplicate)
+    outcome.sent += sent
+    outcome.duplicate += duplicate
+    report.counters.add("sent", sent)
+    report.counters.add("duplicate", duplicate)
     return again
 
 

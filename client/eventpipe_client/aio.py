@@ -48,6 +48,7 @@ class AsyncClient:
         policy: Policy | None = None,
         on_rejected: OnRejected | None = None,
         on_error: OnError | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if not api_key:
             raise ValueError("an API key is required (AS_...)")
@@ -60,6 +61,7 @@ class AsyncClient:
             base_url=base_url.rstrip("/"),
             timeout=timeout,
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": user_agent()},
+            transport=transport,
         )
         self._queue: collections.deque[Event] = collections.deque()
         self._wake = asyncio.Event()

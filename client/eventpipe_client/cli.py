@@ -298,7 +298,8 @@ class Backfill:
         counts["accepted"] = sum(o.sent for o in outcomes)
         counts["duplicate"] = sum(o.duplicate for o in outcomes)
         rejected.flush()
-        self.progress.line = block.end
+        # The block's last line, not its end: a file that grows later goes on from there.
+        self.progress.line = block.lines[-1][0]
         self.progress.rejected_bytes = rejected.tell()
         self.progress.totals = {k: self.progress.totals[k] + v for k, v in counts.items()}
         self.progress.save()

@@ -100,10 +100,12 @@ class Client:
         policy: Policy | None = None,
         on_rejected: OnRejected | None = None,
         on_error: OnError | None = None,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         if not api_key:
             raise ValueError("an API key is required (AS_...)")
         self.api_key, self.base_url, self.timeout = api_key, base_url.rstrip("/"), timeout
+        self.transport = transport  # a test's, or a proxy's; None: httpx2's own
         self.max_queue, self.block, self.linger = max_queue, block, linger
         self.threads_wanted, self.sync = max(1, threads), sync
         self.policy = policy or Policy()
@@ -136,6 +138,7 @@ class Client:
                 timeout=self.timeout,
                 headers={"Authorization": f"Bearer {self.api_key}", "User-Agent": user_agent()},
                 limits=httpx.Limits(max_connections=self.threads_wanted + 2),
+                transport=self.transport,
             )
         return self._http
 

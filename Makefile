@@ -7,7 +7,7 @@ BENCH_STAMP = $(VENV)/.installed-bench
 # --no-deps: the lock files name every package already (pip would only re-resolve them).
 PIP_LOCKED = $(BIN)/pip install --quiet --require-hashes --no-deps
 
-.PHONY: run test unit integration lint fmt lock bench bench-durability clean
+.PHONY: run test unit integration lint fmt lock bench bench-durability bench-client clean
 
 # The client library (client/, a distribution of its own) is installed beside the server for
 # its tests; its one dependency, httpx2, is already in requirements-dev.txt.
@@ -80,6 +80,12 @@ bench: $(BENCH_STAMP)
 # against a private Valkey with AOF on (see bench/durability.py).
 bench-durability: $(STAMP)
 	$(BIN)/python bench/durability.py
+
+# Figures, not a test: the producer library's send() cost and events/s, and a 1,000,000-line
+# backfill killed once and resumed (see bench/client.py), against BENCH_DATABASE_URL and
+# BENCH_REDIS_URL.
+bench-client: $(STAMP)
+	$(BIN)/python -m bench.client
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build dist

@@ -20,8 +20,8 @@ from typing import Any
 BATCH_PATH = "/v1/events/batch"
 SEND_PATH = "/v1/events/send"
 MAX_EVENTS = 500
-# The server's limit is 1 MiB after inflation; the items and their commas must fit in it.
-MAX_BODY_BYTES = 1024 * 1024 - 64
+# The server's limit: 1 MiB after inflation.
+MAX_BODY_BYTES = 1024 * 1024
 IN_USE = "IDEMPOTENCY_KEY_IN_USE"
 # Longer than the server's IDEMPOTENCY_CLAIM_SECONDS (60 s): a claim whose request died
 # expires within it, and a retry after that makes the one event.
@@ -63,14 +63,8 @@ def event_body(
     return body
 
 
-def encode_item(event: Event) -> bytes:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def batch_body(items: list[bytes]) -> bytes:
-    """The gzip-compressed batch body of already-encoded items (level 1: a 500-event body
-    shrinks about tenfold at a millisecond of CPU)."""
-    return gzip.compress(b'{"events":[' + b",".join(items) + b"]}", 1)
+def encode(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @dataclass
@@ -165,22 +159,23 @@ def parse_retry_after(value: str | None) -> float | None:
 
 @dataclass
 class Batch:
-    """Events on their way, with the request-level key every retry of them repeats."""
+    """Events on their way, encoded once (one json.dumps for the batch: a third of the cost of
+    one per event), with the request-level key every retry of them repeats."""
 
     events: list[Event]
-    items: list[bytes]
+    body: bytes
     key: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @classmethod
     def of(cls, events: list[Event], key: str | None = None) -> Batch:
-        items = [encode_item(e) for e in events]
-        return cls(events, items, key) if key else cls(events, items)
+        body = encode({"events": events})
+        return cls(events, body, key) if key else cls(events, body)
 
 
 def batches_of(events: list[Event]) -> list[Batch]:
     """`events` as batches of at most 1 MB each (halved until each fits)."""
     batch = Batch.of(events)
-    if len(events) > 1 and sum(len(i) + 1 for i in batch.items) > MAX_BODY_BYTES:
+    if len(events) > 1 and len(batch.body) > MAX_BODY_BYTES:
         half = len(events) // 2
         return batches_of(events[:half]) + batches_of(events[half:])
     return [batch]
@@ -248,7 +243,9 @@ def _exchange(
     """POST the batch, retrying what may succeed later (with the same key and body, so a
     batch that did succeed is answered with its receipts, never queued twice)."""
     headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
-    post = Post(BATCH_PATH, batch_body(batch.items), headers | {"Idempotency-Key": batch.key})
+    # gzip level 1: a 500-event body shrinks about tenfold for a few hundred microseconds.
+    body = gzip.compress(batch.body, 1)
+    post = Post(BATCH_PATH, body, headers | {"Idempotency-Key": batch.key})
     attempt = 0
     while True:
         reply = yield post
@@ -302,7 +299,7 @@ def single(
         headers["Prefer"] = f"wait={wait}"
     # A key of its own when none is given: a retry after a lost answer is then no second event.
     headers["Idempotency-Key"] = key or uuid.uuid4().hex
-    post = Post(SEND_PATH, encode_item(body), headers)
+    post = Post(SEND_PATH, encode(body), headers)
     started, attempt = time.monotonic(), 0
     while True:
         reply = yield post

@@ -240,7 +240,8 @@ class Backfill:
         for batch in batches_of(bodies):  # split only when a block is over 1 MB
             part = sendable[start : start + len(batch.events)]
             start += len(batch.events)
-            outcomes.append(self.client.send_batch(batch.events, self.key(part)))
+            batch.key = self.key(part)
+            outcomes.append(self.client.deliver(batch))
         return outcomes
 
     def run(self) -> int:

@@ -183,9 +183,11 @@ class Client:
     def send_batch(self, events: list[Event], idempotency_key: str | None = None) -> Outcome:
         """Deliver up to 500 event bodies now, in this thread, as one batch whose retries all
         carry `idempotency_key` (a fresh one if None); the counters and callbacks see them."""
-        return drive(
-            self.http, deliver(Batch.of(events, idempotency_key), self.policy, self.report)
-        )
+        return self.deliver(Batch.of(events, idempotency_key))
+
+    def deliver(self, batch: Batch) -> Outcome:
+        """send_batch for a batch already encoded (eventpipe-send's blocks)."""
+        return drive(self.http, deliver(batch, self.policy, self.report))
 
     def send_one(
         self,
@@ -242,7 +244,7 @@ class Client:
 
     def _deliver(self, events: list[Event]) -> None:
         for batch in batches_of(events):
-            drive(self.http, deliver(batch, self.policy, self.report))
+            self.deliver(batch)
 
     def _done(self, n: int) -> None:
         with self._lock:

@@ -50,6 +50,15 @@ def _totals(engine: Engine) -> list[int]:
         return list(conn.execute(query).scalars())
 
 
+def _pipeline(env: dict[str, str], procs_cleanup: list[Proc]) -> tuple[str, str]:
+    """An API and a worker, and a project's key with the seed definition and contact."""
+    api, base = start_api(env)
+    procs_cleanup.append(api)
+    key = _project(env, base)
+    procs_cleanup.append(start_worker(env))
+    return base, key
+
+
 def _serve(env: dict[str, str], port: int) -> tuple[Proc, str]:
     proc = Proc(eventpipe("serve", "--port", str(port), "--workers", "1"), env, "api")
     return proc, wait_for_api(proc, port)
@@ -166,10 +175,7 @@ PRODUCER = textwrap.dedent(
 def test_drops_forks_and_exit(
     env: dict[str, str], engine: Engine, procs_cleanup: list[Proc], tmp_path: Path
 ) -> None:
-    api, base = start_api(env)
-    procs_cleanup.append(api)
-    key = _project(env, base)
-    procs_cleanup.append(start_worker(env))
+    base, key = _pipeline(env, procs_cleanup)
     out = tmp_path / "drops.json"
     run = subprocess.run(
         [sys.executable, "-c", PRODUCER, key, base, str(out)],
@@ -196,10 +202,7 @@ def test_drops_forks_and_exit(
 def test_send_one_waits_for_the_stored_record(
     env: dict[str, str], procs_cleanup: list[Proc]
 ) -> None:
-    api, base = start_api(env)
-    procs_cleanup.append(api)
-    key = _project(env, base)
-    procs_cleanup.append(start_worker(env))
+    base, key = _pipeline(env, procs_cleanup)
     with Client(key, base) as client:
         record = client.send_one(
             "order_completed", email="jane@example.com", properties={"order_total": "12"}, wait=10
@@ -216,10 +219,7 @@ def test_send_one_waits_for_the_stored_record(
 def test_a_backfill_interrupted_and_resumed_stores_each_line_once(
     env: dict[str, str], engine: Engine, procs_cleanup: list[Proc], tmp_path: Path
 ) -> None:
-    api, base = start_api(env)
-    procs_cleanup.append(api)
-    key = _project(env, base)
-    procs_cleanup.append(start_worker(env))
+    base, key = _pipeline(env, procs_cleanup)
     lines = 20_000
     bad = {7, 9_999, 15_001}
     path = tmp_path / "events.ndjson"

@@ -114,7 +114,10 @@ def backfill(world: World, base: str) -> None:
     def count() -> tuple[int, int]:
         with world.engine.connect() as conn:
             row = conn.execute(
-                text("SELECT count(*), count(DISTINCT (properties->>'order_total')) FROM events")
+                text(
+                    "SELECT count(*), count(DISTINCT (properties->>'order_total')) FROM events"
+                    " WHERE properties->>'currency' = 'BKF'"
+                )
             ).one()
             return int(row[0]), int(row[1])
 

@@ -25,7 +25,7 @@ from eventpipe_client._wire import (
     event_body,
     single,
 )
-from eventpipe_client.client import reply_of, user_agent
+from eventpipe_client.client import reply_of, tls_context, user_agent
 
 T = TypeVar("T")
 
@@ -62,6 +62,7 @@ class AsyncClient:
             timeout=timeout,
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": user_agent()},
             transport=transport,
+            verify=tls_context(),
         )
         self._queue: collections.deque[Event] = collections.deque()
         self._wake = asyncio.Event()

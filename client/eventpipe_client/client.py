@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import os
+import ssl
 import sys
 import threading
 import time
@@ -35,6 +37,16 @@ from eventpipe_client._wire import (
 )
 
 T = TypeVar("T")
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One TLS context per process, made before any sender thread or fork: a context made
+    in a forked child while the parent's thread was inside OpenSSL can fail (seen here), and
+    one per client costs milliseconds."""
+    return ssl.create_default_context()
+
+
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
@@ -113,6 +125,7 @@ class Client:
         self.report = Report(self.counters, on_rejected, on_error)
         self._closed = False
         self._reset()
+        tls_context()
         _clients.add(self)
         atexit.register(self._at_exit)
 
@@ -133,14 +146,20 @@ class Client:
     @property
     def http(self) -> httpx.Client:
         if self._http is None:
-            self._http = httpx.Client(
-                base_url=self.base_url,
-                timeout=self.timeout,
-                headers={"Authorization": f"Bearer {self.api_key}", "User-Agent": user_agent()},
-                limits=httpx.Limits(max_connections=self.threads_wanted + 2),
-                transport=self.transport,
-            )
+            with self._lock:
+                if self._http is None:
+                    self._http = self._new_http()
         return self._http
+
+    def _new_http(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base_url,
+            timeout=self.timeout,
+            headers={"Authorization": f"Bearer {self.api_key}", "User-Agent": user_agent()},
+            limits=httpx.Limits(max_connections=self.threads_wanted + 2),
+            transport=self.transport,
+            verify=tls_context(),
+        )
 
     # --- sending ---------------------------------------------------------------------
 
@@ -223,8 +242,12 @@ class Client:
                 self._wake.wait(self.linger)
             events = self._take()
             if events:
-                self._deliver(events)
-                self._done(len(events))
+                try:
+                    self._deliver(events)
+                except Exception as exc:  # a sender never dies with events in its hands
+                    self.report.failed(events, f"{type(exc).__name__}: {exc}")
+                finally:
+                    self._done(len(events))
             elif self._stopping:
                 return
             else:

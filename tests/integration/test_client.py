@@ -142,8 +142,10 @@ def test_every_event_is_stored_once_through_an_api_restart_and_a_redis_refusing_
 
 PRODUCER = textwrap.dedent(
     """
-    import json, multiprocessing, os, sys
+    import faulthandler, json, multiprocessing, os, sys
     from eventpipe_client import Client
+
+    faulthandler.dump_traceback_later(50, exit=True)  # a hang shows where, in the failure
 
     key, base, out = sys.argv[1:4]
 
@@ -183,7 +185,7 @@ def test_drops_forks_and_exit(
         text=True,
         timeout=120,
     )
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 0, run.stderr[-6000:]
     drops = json.loads(out.read_text())
     assert drops["dropped"] > 0 and drops["sent"] + drops["dropped"] == 5000
     expected = [*range(2000), *range(10_000, 11_000), *range(20_000, 21_000)]

@@ -315,7 +315,8 @@ class Client:
 
     def _at_exit(self) -> None:
         if not self._closed and os.getpid() == self._pid:
-            self.close()
+            # Bounded: an exit never hangs on a sender that cannot finish.
+            self.close(self.policy.retry_seconds + self.timeout)
 
     def _after_fork_in_child(self) -> None:
         # The parent sends what it had queued; the child starts empty with its own sender.

@@ -7,12 +7,14 @@ BENCH_STAMP = $(VENV)/.installed-bench
 # --no-deps: the lock files name every package already (pip would only re-resolve them).
 PIP_LOCKED = $(BIN)/pip install --quiet --require-hashes --no-deps
 
-.PHONY: run test unit integration lint fmt lock bench bench-durability clean
+.PHONY: run test unit integration lint fmt lock bench bench-durability bench-client clean
 
-$(STAMP): requirements-dev.txt requirements-build.txt pyproject.toml
+# The client library (client/, a distribution of its own) is installed beside the server for
+# its tests; its one dependency, httpx2, is already in requirements-dev.txt.
+$(STAMP): requirements-dev.txt requirements-build.txt pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP_LOCKED) -r requirements-build.txt -r requirements-dev.txt
-	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e . -e ./client
 	touch $(STAMP)
 
 # The whole pipeline: API on http://127.0.0.1:8000 and one worker, against DATABASE_URL and
@@ -78,6 +80,12 @@ bench: $(BENCH_STAMP)
 # against a private Valkey with AOF on (see bench/durability.py).
 bench-durability: $(STAMP)
 	$(BIN)/python bench/durability.py
+
+# Figures, not a test: the producer library's send() cost and events/s, and a 1,000,000-line
+# backfill killed once and resumed (see bench/client.py), against BENCH_DATABASE_URL and
+# BENCH_REDIS_URL.
+bench-client: $(STAMP)
+	$(BIN)/python -m bench.client
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build dist

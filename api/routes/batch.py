@@ -7,20 +7,29 @@ a repeat with the same body is a `duplicate` receipt carrying the first event's 
 another body the item is `rejected` (IDEMPOTENCY_KEY_MISMATCH). Within one batch the first
 item of a key wins and a later one is its duplicate. All keys of a batch are claimed in one
 Redis round trip.
+
+A request-level `Idempotency-Key` header names the whole batch (its own namespace): a retry
+with the same body answers the first batch's receipts again, its accepted items now
+`duplicate` with the same ids, and queues nothing. It is claimed before the items and its
+receipts are written in the MULTI/EXEC of the batch's job, so one key costs one Redis string
+per batch, not one per event.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from api import idempotency
 from api.apidoc import (
     BATCH_EXAMPLE,
     BATCH_RESULT,
+    IDEMPOTENCY_KEY,
+    REPLAYED,
     SEND_EXAMPLE,
     SENDING,
     Schema,
@@ -33,16 +42,23 @@ from api.apidoc import (
     ref,
 )
 from api.http import JsonResponse, ok, read_authenticated
-from api.idempotency import Answer, Claim, check_key, fingerprint
+from api.idempotency import Answer, BatchClaim, Claim, Receipt, check_key, fingerprint
 from api.routes.send import enqueue
 from api.schema import FindDefinition, check_send
-from api.state import resources
+from api.state import Resources, resources
 from shared.errors import EventpipeError, ValidationFailed, idempotency_key_mismatch
 from shared.queue import Event
 from shared.settings import MAX_BATCH_BODY_BYTES
 
 MAX_ITEMS = 500
 ITEM_KEY = "idempotencyKey"
+BATCH_IDEMPOTENCY_KEY = IDEMPOTENCY_KEY | {
+    "description": "1..255 printable ASCII characters naming the whole batch, per project, "
+    "kept IDEMPOTENCY_TTL_SECONDS (24 h): a retry with the same body answers the first "
+    "batch's receipts (accepted items as duplicates, same ids) and queues nothing; another "
+    "body is 422 IDEMPOTENCY_KEY_MISMATCH, a retry while the first is in flight 409 "
+    "IDEMPOTENCY_KEY_IN_USE. Its own namespace, apart from item and send keys"
+}
 
 
 @dataclass
@@ -74,7 +90,7 @@ class Receipts:
         else:
             self.duplicate(index, receipt["id"])
 
-    def answer(self) -> Response:
+    def answer(self, replayed: bool = False) -> Response:
         counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
         for receipt in self.items:
             assert receipt is not None
@@ -85,10 +101,29 @@ class Receipts:
             "duplicates": counts["duplicate"],
             "rejected": counts["rejected"],
         }
+        response: Response
         if counts["accepted"] or counts["duplicate"]:
-            return ok(data, 202)
-        error = {"message": "No event of the batch was accepted", "code": "VALIDATION_FAILED"}
-        return JsonResponse({"success": False, "error": error, "data": data}, status_code=400)
+            response = ok(data, 202)
+        else:
+            error = {"message": "No event of the batch was accepted", "code": "VALIDATION_FAILED"}
+            response = JsonResponse({"success": False, "error": error, "data": data}, 400)
+        if replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        return response
+
+    def filled(self) -> list[Receipt]:
+        return cast(list[Receipt], self.items)
+
+    @classmethod
+    def replayed(cls, first: list[Receipt]) -> Response:
+        """A retry of an answered batch: its receipts, the accepted items now duplicates."""
+        receipts = cls(len(first))
+        for receipt in first:
+            index = receipt["index"]
+            receipts.items[index] = receipt
+            if receipt["status"] == "accepted":
+                receipts.duplicate(index, receipt["id"])
+        return receipts.answer(replayed=True)
 
 
 @dataclass
@@ -104,6 +139,23 @@ async def send_batch(request: Request) -> Response:
     state = resources(request)
     project_id, body = await read_authenticated(request, MAX_BATCH_BODY_BYTES)
     items = _items(body)
+    key = request.headers.get(idempotency.HEADER)
+    if key is None:
+        return await _send_items(request, project_id, items, None)
+    held = await state.idempotency.claim_batch(project_id, key, body)
+    if not isinstance(held, BatchClaim):
+        return Receipts.replayed(held)
+    try:
+        return await _send_items(request, project_id, items, held)
+    except BaseException:
+        await state.idempotency.release_batch(held)
+        raise
+
+
+async def _send_items(
+    request: Request, project_id: str, items: list[Any], batch: BatchClaim | None
+) -> Response:
+    state = resources(request)
     receipts = Receipts(len(items))
     plan = _check_items(items, project_id, state.cache.definition_finder(project_id), receipts)
     accepted = list(plan.plain)
@@ -120,15 +172,30 @@ async def send_batch(request: Request) -> Response:
                 receipts.duplicate(index, outcome.event_id)
             else:
                 receipts.rejected(index, outcome)
-    if accepted:
-        accepted.sort(key=lambda pair: pair[0])  # stored in request order
-        events = [event for _, event in accepted]
-        await enqueue(state, len(events), claims, lambda r: state.committer.submit_batch(events, r))
-        for index, event in accepted:
-            receipts.accepted(index, event["id"])
+    accepted.sort(key=lambda pair: pair[0])  # stored in request order
+    for index, event in accepted:
+        receipts.accepted(index, event["id"])
     for index, first in plan.repeats:
         receipts.copy(index, first)
+    ttl = state.idempotency.ttl_seconds
+    extra = [batch.answered(receipts.filled(), ttl)] if batch else []
+    if accepted:
+        events = [event for _, event in accepted]
+        await enqueue(
+            state, len(events), claims, lambda r: state.committer.submit_batch(events, r + extra)
+        )
+    elif batch is not None:
+        await _answer_without_job(state, batch, receipts)
     return receipts.answer()
+
+
+async def _answer_without_job(state: Resources, batch: BatchClaim, receipts: Receipts) -> None:
+    """A batch that queued nothing: its duplicates' receipts are kept under its key; a batch
+    refused whole (400) saves nothing, as a refused send does."""
+    if any(r is not None and r["status"] == "duplicate" for r in receipts.items):
+        await state.idempotency.answer_batch(batch, receipts.filled())
+    else:
+        await state.idempotency.release_batch(batch)
 
 
 def _items(body: Any) -> list[Any]:
@@ -181,11 +248,16 @@ OPENAPI_PATHS: dict[str, Schema] = {
                 (
                     202,
                     ok_doc(
-                        "At least one item accepted or a duplicate",
+                        "At least one item accepted or a duplicate (with Idempotent-Replayed: "
+                        "true, a retry of a batch's Idempotency-Key: the first receipts, the "
+                        "accepted items as duplicates)",
                         BATCH_RESULT,
                         BATCH_EXAMPLE,
-                    ),
+                    )
+                    | {"headers": {"Idempotent-Replayed": REPLAYED}},
                 ),
+                (409, error_doc(409, "IDEMPOTENCY_KEY_IN_USE")),
+                (422, error_doc(422, "IDEMPOTENCY_KEY_MISMATCH")),
                 (
                     400,
                     {
@@ -226,6 +298,7 @@ OPENAPI_PATHS: dict[str, Schema] = {
                     },
                 ),
             ),
+            parameters=[BATCH_IDEMPOTENCY_KEY],
             requestBody=body(
                 obj(
                     {

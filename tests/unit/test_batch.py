@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import Engine, select
 from starlette.testclient import TestClient
 
+from api.idempotency import BATCH_KEY_PREFIX, BatchClaim, fingerprint, redis_key
 from shared.db import transaction
 from shared.models import events
 from tests.factories import SEND
@@ -21,8 +22,11 @@ Project = tuple[str, str, str]
 BAD_VALUE = {**SEND, "eventProperties": {"order_total": "lots"}}
 
 
-def batch(client: TestClient, key: str, items: list[Any], **kw: Any) -> Any:
-    return client.post("/v1/events/batch", json={"events": items}, headers=auth(key), **kw)
+def batch(
+    client: TestClient, key: str, items: list[Any], headers: dict[str, str] | None = None
+) -> Any:
+    headers = auth(key) | (headers or {})
+    return client.post("/v1/events/batch", json={"events": items}, headers=headers)
 
 
 def statuses(r: Any) -> list[str]:
@@ -177,3 +181,49 @@ def test_size_limits_gzip_and_a_bomb(client: TestClient, project: Project) -> No
     bomb = gzip.compress(b"[" + b" " * (50 * 1024 * 1024) + b"]")
     r = client.post("/v1/events/batch", content=bomb, headers=h | {"Content-Encoding": "gzip"})
     assert r.status_code == 413 and r.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+
+def test_a_batch_key_replays_the_receipts_and_queues_nothing_again(
+    client: TestClient, project: Project, worker_ctx: WorkerContext, engine: Engine
+) -> None:
+    setup_seed(client, project[1])
+    items = [SEND, BAD_VALUE, {**SEND, "eventProperties": {"order_total": 2}}]
+    key = {"Idempotency-Key": "batch-1"}
+    first = batch(client, project[1], items, headers=key)
+    assert statuses(first) == ["accepted", "rejected", "accepted"]
+    # The same body, spelt differently (gzip, another key order): the first receipts.
+    raw = gzip.compress(json.dumps({"events": items}, sort_keys=True).encode())
+    gz = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    again = client.post("/v1/events/batch", content=raw, headers=auth(project[1]) | key | gz)
+    assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
+    assert statuses(again) == ["duplicate", "rejected", "duplicate"]
+    first_receipts = first.json()["data"]["receipts"]
+    again_receipts = again.json()["data"]["receipts"]
+    assert [x["id"] for x in again_receipts] == [x["id"] for x in first_receipts]
+    assert again_receipts[1]["error"] == first_receipts[1]["error"]
+    assert again.json()["data"]["duplicates"] == 2
+    assert worker_ctx.queue.count == 1
+    other = batch(client, project[1], items[:1], headers=key)
+    assert other.status_code == 422
+    assert other.json()["error"]["code"] == "IDEMPOTENCY_KEY_MISMATCH"
+    run_queued_jobs(worker_ctx)
+    assert stored_ids(engine) == {first_receipts[0]["id"], first_receipts[2]["id"]}
+
+
+def test_a_batch_key_is_in_use_while_claimed_and_free_after_a_refused_batch(
+    client: TestClient, project: Project, worker_ctx: WorkerContext
+) -> None:
+    setup_seed(client, project[1])
+    key = {"Idempotency-Key": "batch-2"}
+    refused = batch(client, project[1], [BAD_VALUE], headers=key)
+    assert refused.status_code == 400
+    # Nothing was saved: the key takes another body now.
+    ok = batch(client, project[1], [SEND], headers=key)
+    assert ok.status_code == 202 and statuses(ok) == ["accepted"]
+    # A first request of batch-3 still in flight: its claim, as claim_batch writes it.
+    in_flight = {"Idempotency-Key": "batch-3"}
+    redis = worker_ctx.queue.connection
+    name = redis_key(project[0], "batch-3", BATCH_KEY_PREFIX)
+    redis.set(name, BatchClaim(name, fingerprint({"events": [SEND]})).held())
+    busy = batch(client, project[1], [SEND], headers=in_flight)
+    assert busy.status_code == 409 and busy.json()["error"]["code"] == "IDEMPOTENCY_KEY_IN_USE"

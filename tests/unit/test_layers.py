@@ -7,6 +7,7 @@ layer reaching up."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,34 @@ def test_the_check_sees_an_import_that_points_up(tmp_path: Path) -> None:
 @pytest.mark.parametrize("package", OURS)
 def test_every_package_is_in_the_tree(package: str) -> None:
     assert (ROOT / package / "__init__.py").is_file()
+
+
+CLIENT = ROOT / "client" / "eventpipe_client"
+# The client distribution's one dependency (client/pyproject.toml).
+CLIENT_DEPENDENCIES = {"httpx2"}
+
+
+def top_level_imports(source: str) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_the_client_imports_only_itself_the_stdlib_and_its_http_library() -> None:
+    """`pip install ./client` on a producer's machine has no server: no import of ours and
+    nothing beyond what client/pyproject.toml declares."""
+    allowed = set(sys.stdlib_module_names) | CLIENT_DEPENDENCIES | {"eventpipe_client"}
+    found = {
+        f"{path.name} imports {name}"
+        for path in sorted(CLIENT.rglob("*.py"))
+        for name in top_level_imports(path.read_text()) - allowed
+    }
+    assert found == set()
+    assert top_level_imports("import api.app\nfrom shared import ids\n") - allowed == {
+        "api",
+        "shared",
+    }

@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 from api.idempotency import BATCH_KEY_PREFIX, BatchClaim, fingerprint, redis_key
 from shared.db import transaction
 from shared.models import events
+from shared.queue import queue_figures
 from tests.factories import SEND
 from tests.unit.conftest import auth
 from tests.unit.test_api import run_queued_jobs, setup_seed
@@ -202,7 +203,7 @@ def test_a_batch_key_replays_the_receipts_and_queues_nothing_again(
     assert [x["id"] for x in again_receipts] == [x["id"] for x in first_receipts]
     assert again_receipts[1]["error"] == first_receipts[1]["error"]
     assert again.json()["data"]["duplicates"] == 2
-    assert worker_ctx.queue.count == 1
+    assert queue_figures(worker_ctx.queue).jobs == 1
     other = batch(client, project[1], items[:1], headers=key)
     assert other.status_code == 422
     assert other.json()["error"]["code"] == "IDEMPOTENCY_KEY_MISMATCH"

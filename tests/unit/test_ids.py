@@ -113,8 +113,15 @@ def test_unique_across_processes(method: str) -> None:
     parent = [new_id() for _ in range(1_000)]  # state drawn before the children start
     context = multiprocessing.get_context(method)
     # One task per worker process, so that every task sees a brand-new process.
-    with context.Pool(4, maxtasksperchild=1) as pool:
+    # close() and join(), not the context manager: its terminate() races the pool's own
+    # thread, which forks a replacement worker after each task (maxtasksperchild=1) that
+    # terminate() may never signal, and the test then hangs (seen in a CI run).
+    pool = context.Pool(4, maxtasksperchild=1)
+    try:
         children = pool.map(_draw, [10_000] * 4, chunksize=1)
+    finally:
+        pool.close()
+        pool.join()
     for undrawn, _ in children:
         # fork: the at-fork hook dropped the inherited state; spawn: the import drew nothing.
         assert undrawn

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import functools
 import os
 import ssl
@@ -11,7 +12,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from typing import Any, TypeVar
 
 import httpx2 as httpx
@@ -54,10 +55,63 @@ def user_agent() -> str:
     return f"eventpipe-client/0.1 python/{sys.version_info[0]}.{sys.version_info[1]}"
 
 
+class ForkGate:
+    """fork() waits for the requests in flight, and requests wait for the fork: a child
+    must never inherit a sender thread caught half-way through something only that thread
+    could finish. Seen here: a fork during httpx2's lazy import of its transport, or of the
+    `idna` codec in the first getaddrinfo, left the child waiting on that module's import
+    lock for ever. The wait is bounded: a request stuck longer than that does not stop the
+    fork (its child may then inherit a half-open connection, which it never uses)."""
+
+    WAIT_SECONDS = 5.0
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition()
+        self._busy = 0
+        self._forking = False
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        with self._cond:
+            while self._forking:
+                self._cond.wait()
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy -= 1
+                self._cond.notify_all()
+
+    def before_fork(self) -> None:
+        deadline = time.monotonic() + self.WAIT_SECONDS
+        with self._cond:
+            self._forking = True
+            while self._busy and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
+        # The lock is held across the fork itself, so no request starts in between.
+        self._cond.acquire()
+
+    def after_fork_in_parent(self) -> None:
+        self._forking = False
+        self._cond.notify_all()
+        self._cond.release()
+
+    def after_fork_in_child(self) -> None:
+        self._reset()  # the parent's threads do not exist here, nor their requests
+
+
+_fork_gate = ForkGate()
+
+
 def exchange(http: httpx.Client, post: Post) -> Reply:
     """One request; any failure to get an answer is a Reply with `error`, retried later."""
     try:
-        response = http.post(post.path, content=post.content, headers=post.headers)
+        with _fork_gate.request():
+            response = http.post(post.path, content=post.content, headers=post.headers)
     except httpx.HTTPError as exc:
         return Reply(error=f"{type(exc).__name__}: {exc}")
     return reply_of(response.status_code, response.headers.get("retry-after"), response.content)
@@ -98,6 +152,8 @@ class Client:
     event and counts it (`block=False`). `sync=True` delivers each event in the caller's
     thread before `send()` returns (short-lived processes, scripts)."""
 
+    _http: httpx.Client | None
+
     def __init__(
         self,
         api_key: str,
@@ -125,7 +181,11 @@ class Client:
         self.report = Report(self.counters, on_rejected, on_error)
         self._closed = False
         self._reset()
-        tls_context()
+        # The connection pool is made here, in the caller's thread, before any sender
+        # thread exists: httpx2 imports its transport lazily on the first Client(), and a
+        # fork() while a sender thread was inside that import left the child waiting on
+        # the module's import lock for ever (seen here, in one run in three).
+        self._http = self._new_http()
         _clients.add(self)
         atexit.register(self._at_exit)
 
@@ -140,7 +200,7 @@ class Client:
         self._in_flight = 0
         self._threads: list[threading.Thread] = []
         self._stopping = False
-        self._http: httpx.Client | None = None
+        self._http = None
         self._pid = os.getpid()
 
     @property
@@ -340,7 +400,9 @@ class Client:
 def _finalize_on_exit(client: Client) -> None:
     from multiprocessing import util
 
-    util.Finalize(client, client.close, exitpriority=100)
+    # Bounded like the atexit flush: a child's exit never hangs on a sender that cannot finish.
+    timeout = client.policy.retry_seconds + client.timeout
+    util.Finalize(client, client.close, args=(timeout,), exitpriority=100)
 
 
 def _reinit_in_child() -> None:
@@ -349,4 +411,13 @@ def _reinit_in_child() -> None:
             client._after_fork_in_child()
 
 
-os.register_at_fork(after_in_child=_reinit_in_child)
+def _child_after_fork() -> None:
+    _fork_gate.after_fork_in_child()
+    _reinit_in_child()
+
+
+os.register_at_fork(
+    before=_fork_gate.before_fork,
+    after_in_parent=_fork_gate.after_fork_in_parent,
+    after_in_child=_child_after_fork,
+)

@@ -88,10 +88,15 @@ def test_every_event_is_stored_once_through_an_api_restart_and_a_redis_refusing_
             on_error=lambda events, reason: errors.append(reason),
         )
         sent = threading.Event()
+        refusing = threading.Event()
         faults: dict[str, float] = {}
 
         def produce() -> None:
             for i in range(EVENTS):
+                if i == EVENTS * 3 // 4:
+                    # The last quarter waits for Redis to refuse writes: on a busy machine the
+                    # rest could otherwise all be sent while the worker stops (a failed run).
+                    refusing.wait(240)
                 client.send("order_completed", email="jane@example.com", properties=_event(i))
                 if i % (EVENTS // BAD) == 0:
                     bad = {"order_total": "lots"}
@@ -100,7 +105,7 @@ def test_every_event_is_stored_once_through_an_api_restart_and_a_redis_refusing_
                     time.sleep(0.01)  # a producer that takes a breath: faults land mid-stream
             sent.set()
 
-        producer = threading.Thread(target=produce)
+        producer = threading.Thread(target=produce, daemon=True)
         started = time.monotonic()
         producer.start()
         wait_until(lambda: client.counters.sent >= EVENTS // 4, 120, "a quarter sent")
@@ -117,6 +122,7 @@ def test_every_event_is_stored_once_through_an_api_restart_and_a_redis_refusing_
         r.config_set("maxmemory", "1")  # noeviction: every write is refused (OOM): 503s
         faults["redis refusing"] = time.monotonic() - started
         retried = client.counters.retried
+        refusing.set()
         wait_until(lambda: client.counters.retried > retried, 30, "the client to retry")
         time.sleep(3)  # the refusal lasts a few seconds by design, not a wait for a result
         r.config_set("maxmemory", "0")

@@ -327,3 +327,38 @@ def test_a_backfill_writes_rejected_lines_and_resumes_from_its_progress(tmp_path
     again.client = Client("AS_x", "http://ep", transport=httpx.MockTransport(handler))
     assert again.run() == 0 and sorted(seen) == list(range(1, 8))
     assert len((tmp_path / "events.rejected.ndjson").read_text().splitlines()) == 2
+
+
+FORK_AT_ONCE = """
+import os, sys, time
+from eventpipe_client import Client, Policy
+
+# Nothing listens there: the sender fails fast and gives up after its short budget.
+client = Client("AS_x_y_z", sys.argv[1], linger=0, policy=Policy(retry_seconds=0.2))
+client.send("order_completed", email="jane@example.com")  # starts the sender threads
+time.sleep(float(sys.argv[2]))
+pid = os.fork()  # the senders are busy delivering that event: (were) making their pool
+if pid == 0:
+    client.send("order_completed", email="jane@example.com")
+    os._exit(0 if client.close(10) is not None else 1)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_fork_just_after_the_first_send_leaves_a_child_that_can_send(tmp_path: Path) -> None:
+    """A fresh interpreter each time: the hang came from a fork during httpx2's first, lazy
+    import of its transport, which only a new process has (one run in three hung)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        base = f"http://127.0.0.1:{s.getsockname()[1]}"  # closed once the block ends
+    script = tmp_path / "fork.py"
+    script.write_text(FORK_AT_ONCE)
+    for pause in ("0.002", "0.005", "0.01", "0.02", "0.04"):
+        argv = [sys.executable, str(script), base, pause]
+        done = subprocess.run(argv, timeout=30, capture_output=True)
+        assert done.returncode == 0, done.stderr.decode()[-2000:]

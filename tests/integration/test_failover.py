@@ -11,6 +11,7 @@ printed (`pytest -s`) for the record.
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import signal
 import subprocess
@@ -38,6 +39,7 @@ from tests.integration.services import (
     RedisServer,
     free_port,
     port_open,
+    run_cli,
     start_api,
     start_worker,
     wait_until,
@@ -335,6 +337,9 @@ def test_a_primary_lost_under_load_loses_nothing_and_nothing_restarts(
         primary.close()
     assert api.proc.poll() is None and worker.proc.poll() is None
     assert httpx.get(f"{base}/readyz", timeout=5).status_code == 200
+    # The command line finds the new primary too (REDIS_URL's address is a dead end).
+    stats = json.loads(run_cli(env, "stats", "--json"))
+    assert stats["queue"]["events"] == 0 and stats["totals"]["stored"] > 0, stats
     _report(fault, answers, killed_at, promoted_at, len(accepted))
 
 

@@ -194,8 +194,14 @@ class EventWorker(SimpleWorker):
             self.legacy_claims_left = not release_legacy_claims(get_context().queue)
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
-        if _an_outage(exc_info[1]):
-            log.warning("%s while running job %s; it is requeued", exc_info[1], job.id)
+        error = exc_info[1]
+        if isinstance(error, StoreUnavailable):
+            log.warning("store unavailable while running job %s; it is requeued", job.id)
+            return
+        if isinstance(error, RedisError) and redis_outage(error):
+            log.warning(
+                "Redis unavailable while running job %s (%s); it is requeued", job.id, error
+            )
             return
         super().handle_exception(job, *exc_info)
 
@@ -275,13 +281,6 @@ class EventWorker(SimpleWorker):
             delay = min(delay * 2, 5.0)
         metrics.STORE_WAIT_SECONDS.inc(time.monotonic() - started)
         log.info("store reachable, resuming")
-
-
-def _an_outage(error: BaseException | None) -> bool:
-    """The store or Redis away: a pause, not a failure of the job."""
-    if isinstance(error, StoreUnavailable):
-        return True
-    return isinstance(error, RedisError) and redis_outage(error)
 
 
 class _JobHeartbeat:

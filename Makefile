@@ -76,8 +76,8 @@ $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py
 
-# Figures, not a test: accepted events/s and latency with REDIS_DURABILITY=aof and =fsync,
-# against a private Valkey with AOF on (see bench/durability.py).
+# Figures, not a test: accepted events/s and latency with REDIS_DURABILITY=aof, =fsync and
+# =replicated, against a private Valkey with AOF on and a replica (see bench/durability.py).
 bench-durability: $(STAMP)
 	$(BIN)/python bench/durability.py
 

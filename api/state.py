@@ -28,7 +28,7 @@ from shared.queue import (
     JobQueue,
     JobWriter,
     Record,
-    check_fsync_support,
+    check_durability_support,
     connect_async,
     connect_redis,
     connect_subscriber,
@@ -71,8 +71,9 @@ async def open_resources(settings: Settings, clients: Clients) -> Resources:
     queue = make_queue(settings, clients.redis or connect_redis(settings))
     redis_ = clients.async_redis or connect_async(settings)
     db_limiter = anyio.CapacityLimiter(settings.db_threads)
-    if settings.redis_durability == "fsync":  # refuse to start rather than promise in vain
-        await check_fsync_support(redis_)
+    # Refuse to start rather than promise in vain (fsync without WAITAOF, replicated without
+    # a replica).
+    await check_durability_support(settings, redis_)
     found = Resources(
         settings=settings,
         engine=engine,

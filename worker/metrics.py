@@ -17,3 +17,10 @@ STORE_WAITS = Counter("eventpipe_store_waits", "Times a worker paused for an unr
 STORE_WAIT_SECONDS = Counter(
     "eventpipe_store_wait_seconds", "Time workers spent waiting for the store to come back"
 )
+REDIS_WAITS = Counter(
+    "eventpipe_redis_waits",
+    "Times a worker paused for Redis (unreachable, read-only, out of memory, no primary)",
+)
+REDIS_WAIT_SECONDS = Counter(
+    "eventpipe_redis_wait_seconds", "Time workers spent waiting for Redis to take writes again"
+)

@@ -1,8 +1,10 @@
-"""Worker processes: RQ SimpleWorkers that wait out a store outage, under a small supervisor."""
+"""Worker processes: RQ SimpleWorkers that wait out a store outage and a Redis outage (a
+failover included), under a small supervisor."""
 
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import multiprocessing
 import os
@@ -11,8 +13,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 from rq import SimpleWorker
@@ -26,23 +29,42 @@ from shared.db import ping
 from shared.errors import StoreUnavailable
 from shared.logs import configure_logging
 from shared.metrics import registry, use_directory
-from shared.queue import refuse_dequeued, release_claims, release_legacy_claims, renew_claims
+from shared.queue import (
+    redis_outage,
+    refuse_dequeued,
+    release_claims,
+    release_legacy_claims,
+    renew_claims,
+)
 from shared.settings import get_settings
 from worker import metrics
 from worker.context import get_context
 from worker.jobs import end_failed_job
 
 log = logging.getLogger("eventpipe.worker")
+T = TypeVar("T")
+# How long a worker waiting for Redis sleeps between looks, at most: about a Sentinel
+# failover's length, so that a worker is back within a second or two of the new primary.
+REDIS_WAIT_CAP_SECONDS = 1.0
 
 
 class EventWorker(SimpleWorker):
     """A SimpleWorker (no fork per job, so the engine's pool survives between jobs) that turns
     a store outage into a pause instead of a failure: the job goes back to the front of the
-    queue and the worker stops dequeuing until the store answers again."""
+    queue and the worker stops dequeuing until the store answers again.
+
+    A Redis outage (`redis_outage`: unreachable, timing out, read-only after a failover, out
+    of memory, no primary) is a pause too, never an exit: RQ's work loop quits on any error it
+    did not expect, so each step of the loop waits Redis out here; a job it interrupts goes
+    back to the front of the queue, spending none of its retries (the store ignores the
+    events it already has)."""
 
     # The previous release's claimed lists are looked for at start and at each maintenance
     # pass until none is left (claims.release_legacy_claims).
     legacy_claims_left = True
+    # RQ's dequeue waits out a lost connection itself, doubling its pause up to this (60 s by
+    # default: a worker would sit idle for up to a minute after a 2 s failover).
+    max_connection_wait_time = REDIS_WAIT_CAP_SECONDS
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # RQ's SimpleWorker keeps a job in the started registry for its timeout + 60 s and
@@ -51,37 +73,135 @@ class EventWorker(SimpleWorker):
         return get_context().settings.worker_heartbeat_seconds
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        # Before RQ's own path, which would import and call whatever the job names.
-        if refuse_dequeued(get_context().queue, job.id):
-            return
-        super().execute_job(job, queue)
+        try:
+            # Before RQ's own path, which would import and call whatever the job names.
+            if refuse_dequeued(get_context().queue, job.id):
+                return
+            super().execute_job(job, queue)
+        except RedisError as exc:
+            # Stopped before Redis came back: RQ's recovery brings the job back later.
+            if not redis_outage(exc) or not self.wait_for_redis(exc):
+                raise
+            # Wherever the outage caught the job (dequeued, started, run, being finished),
+            # once Redis takes writes again it goes back to the front of the queue, and the
+            # group jobs it claimed go back too, all unspent.
+            self._ride_out(lambda: self._give_back(job, queue))
 
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
         # A job hash RQ cannot restore (a bogus status) raises inside RQ's dequeue, and its
         # work loop would quit: fail that job and go on. RQ names the job on the exception.
+        # RQ's own loop waits out a lost connection, not a refusal (READONLY, OOM): here.
         while True:
             try:
                 return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            except RedisError as exc:
+                if not redis_outage(exc):
+                    raise
+                if not self.wait_for_redis(exc):
+                    return None  # stopping: RQ's loop ends
             except Exception as exc:
                 job_id = getattr(exc, "job_id", None)
                 if not isinstance(job_id, str):
                     raise
-                refuse_dequeued(get_context().queue, job_id, f"unreadable job ({exc})")
+                reason = f"unreadable job ({exc})"
+                self._ride_out(
+                    functools.partial(refuse_dequeued, get_context().queue, job_id, reason)
+                )
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        # A worker started while Redis is away waits for it instead of exiting.
+        self._ride_out(lambda: super(EventWorker, self).bootstrap(*args, **kwargs))
+
+    def check_for_suspension(self, burst: bool) -> None:
+        self._ride_out(lambda: super(EventWorker, self).check_for_suspension(burst))
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """RQ's heartbeat; on its own (not on a pipeline) an outage only skips it: the next
+        one gets through, and RQ's loop would quit on the error."""
+        try:
+            super().heartbeat(timeout, pipeline)
+        except RedisError as exc:
+            if pipeline is not None or not redis_outage(exc):
+                raise
+            log.warning("worker heartbeat skipped: %s", exc)
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        # The state shown in RQ's tools: worth an outage's pause of no one.
+        try:
+            super().set_state(state, pipeline)
+        except RedisError as exc:
+            if pipeline is not None or not redis_outage(exc):
+                raise  # (RQ set the state in memory before writing it)
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()  # type: ignore[no-untyped-call]
+        except RedisError as exc:
+            if not redis_outage(exc):
+                raise
+            log.warning("could not record this worker's end in Redis: %s", exc)
+
+    def _ride_out(self, step: Callable[[], T]) -> T:
+        """`step()`, waiting out each Redis outage it meets and trying again (the outage
+        raised if a stop comes first)."""
+        while True:
+            try:
+                return step()
+            except RedisError as exc:
+                if not redis_outage(exc) or not self.wait_for_redis(exc):
+                    raise
+
+    def wait_for_redis(self, exc: RedisError) -> bool:
+        """Wait until Redis takes a write again (the worker's own heartbeat: a replica or a
+        full Redis answers PING but refuses a write); False if a stop came first. Through
+        Sentinel, each try asks for the primary anew."""
+        log.warning("Redis unavailable (%s: %s); waiting for it", type(exc).__name__, exc)
+        metrics.REDIS_WAITS.inc()
+        started = time.monotonic()
+        delay = 0.05
+        back = False
+        while not back and not self._stop_requested:
+            time.sleep(delay)
+            delay = min(delay * 2, REDIS_WAIT_CAP_SECONDS)
+            try:
+                super().heartbeat()
+                back = True
+            except RedisError as again:
+                if not redis_outage(again):
+                    raise
+        waited = time.monotonic() - started
+        metrics.REDIS_WAIT_SECONDS.inc(waited)
+        if back:
+            log.warning("Redis takes writes again after %.1f s; resuming", waited)
+        return back
+
+    def _execution(self) -> Execution | None:
+        # The one in this process's hands, never RQ's fallback to Redis.
+        return next(iter(self.executions.values()), None)
 
     def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
         with _JobHeartbeat(self, job, execution, self.get_heartbeat_ttl(job)):
             return bool(super().perform_job(job, queue, execution))
 
     def run_maintenance_tasks(self) -> None:
+        self._ride_out(self._maintain)
+
+    def _maintain(self) -> None:
         super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
         if self.legacy_claims_left:
             self.legacy_claims_left = not release_legacy_claims(get_context().queue)
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
-        if isinstance(exc_info[1], StoreUnavailable):
+        error = exc_info[1]
+        if isinstance(error, StoreUnavailable):
             log.warning("store unavailable while running job %s; it is requeued", job.id)
+            return
+        if isinstance(error, RedisError) and redis_outage(error):
+            log.warning(
+                "Redis unavailable while running job %s (%s); it is requeued", job.id, error
+            )
             return
         super().handle_exception(job, *exc_info)
 
@@ -95,11 +215,16 @@ class EventWorker(SimpleWorker):
     ) -> None:
         self._release_claims()
         # Called from inside RQ's `except:` block, so the exception is still current.
-        if isinstance(sys.exc_info()[1], StoreUnavailable):
-            self._requeue_for_store(job, queue, execution)
+        error = sys.exc_info()[1]
+        if isinstance(error, StoreUnavailable):
+            self._requeue(job, queue, execution)
+            self.wait_for_store()
+            return
+        if isinstance(error, RedisError) and redis_outage(error):
+            # Redis answered RQ's failure path, so it is back: the job goes back unspent.
+            self._ride_out(lambda: self._requeue(job, queue, execution))
             return
         final = not job.should_retry
-        error = sys.exc_info()[1]
         super().handle_job_failure(
             job,
             queue,
@@ -125,14 +250,21 @@ class EventWorker(SimpleWorker):
         except RedisError as exc:
             log.warning("could not give claimed jobs back (%s); they come back on expiry", exc)
 
-    def _requeue_for_store(self, job: Job, queue: Queue, execution: Execution | None) -> None:
+    def _give_back(self, job: Job, queue: Queue) -> None:
+        release_claims(get_context().queue, self.name)
+        self._requeue(job, queue, self._execution())
+
+    def _requeue(self, job: Job, queue: Queue, execution: Execution | None) -> None:
+        """The job back at the front of the queue, its retries unspent, out of RQ's started
+        registry and intermediate queue (else RQ's cleanup would bring it back a second
+        time)."""
         with self.connection.pipeline() as pipe:
             pipe.multi()  # RQ's enqueue_job wants MULTI before any command on the pipeline
             # RQ 3 cleans an execution only when it is passed (worker.execution is not read).
             self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            pipe.lrem(queue.intermediate_queue_key, 0, job.id)
             queue.enqueue_job(job, pipeline=pipe, at_front=True)
             pipe.execute()
-        self.wait_for_store()
 
     def wait_for_store(self) -> None:
         engine = get_context().engine
@@ -185,14 +317,16 @@ def run_worker(burst: bool = False) -> bool:
     ctx = get_context()
     settings = ctx.settings
     configure_logging(settings.log_level, settings.log_format)
-    worker = EventWorker(
-        [ctx.queue.rq],
-        connection=ctx.redis,
-        serializer=JSONSerializer,
-        maintenance_interval=settings.worker_maintenance_seconds,
-        # An idle worker blocks on the queue for worker_ttl - 15 s between maintenance runs
-        # (RQ's rule): this keeps the abandoned-job check at the maintenance interval.
-        worker_ttl=settings.worker_maintenance_seconds + 15,
+    worker = _new_worker(
+        lambda: EventWorker(
+            [ctx.queue.rq],
+            connection=ctx.redis,
+            serializer=JSONSerializer,
+            maintenance_interval=settings.worker_maintenance_seconds,
+            # An idle worker blocks on the queue for worker_ttl - 15 s between maintenance runs
+            # (RQ's rule): this keeps the abandoned-job check at the maintenance interval.
+            worker_ttl=settings.worker_maintenance_seconds + 15,
+        )
     )
     return bool(
         worker.work(
@@ -201,6 +335,23 @@ def run_worker(burst: bool = False) -> bool:
             logging_level=settings.log_level,
         )
     )
+
+
+def _new_worker(make: Callable[[], EventWorker]) -> EventWorker:
+    """RQ's worker names itself to Redis as it is made (CLIENT SETNAME): a worker started
+    during a Redis outage waits for Redis here rather than exit."""
+    delay, told = 0.05, False
+    while True:
+        try:
+            return make()
+        except RedisError as exc:
+            if not redis_outage(exc):
+                raise
+            if not told:
+                log.warning("Redis unavailable (%s); the worker starts once it answers", exc)
+                told = True
+        time.sleep(delay)
+        delay = min(delay * 2, REDIS_WAIT_CAP_SECONDS)
 
 
 def _child(burst: bool) -> None:

@@ -3,12 +3,14 @@
 Everything else calls the names below and never touches a job hash, an RQ key name or a
 redis-py internal (tests/unit/test_queue_boundary.py checks it). What it owns:
 
-- connect.py: the Redis clients (RESP2 pinned, every timeout given) and `JobQueue`, the RQ
-  queue with its key names;
+- connect.py: the Redis clients (RESP2 pinned, every timeout given; through Sentinel when
+  REDIS_SENTINELS is set), what counts as a Redis outage, and `JobQueue`, the RQ queue with
+  its key names;
 - keys.py: eventpipe's own keys and RQ's, as RQ derives them;
 - payload.py: the job payload, `{"v": 3, "kind": ..., "events": [...]}` (version 2 read);
-- enqueue.py: the job hash written directly, the group write (MULTI/EXEC), and the fsync
-  write with its raw reply parsing;
+- enqueue.py: the job hash written directly, the group write (MULTI/EXEC), and the fsync and
+  replicated writes with their raw reply parsing;
+- replicas.py: the start-up checks of REDIS_DURABILITY (a replica online for replicated);
 - guard.py: only eventpipe's jobs run (anything else in the queue failed unrun);
 - claims.py: group jobs claimed by a running job as RQ started work, renewed, finished,
   given back;
@@ -36,6 +38,7 @@ from shared.queue.connect import (
     connect_redis,
     connect_subscriber,
     make_queue,
+    redis_outage,
 )
 from shared.queue.enqueue import (
     JOB_FUNC,
@@ -44,9 +47,11 @@ from shared.queue.enqueue import (
     Record,
     check_fsync_replies,
     check_fsync_support,
+    check_replica_replies,
     enqueue_events,
     enqueue_events_async,
     enqueue_events_fsync,
+    enqueue_events_replicated,
     enqueue_function,
 )
 from shared.queue.guard import refuse_dequeued
@@ -82,6 +87,7 @@ from shared.queue.registries import (
     running_job,
     workers,
 )
+from shared.queue.replicas import check_durability_support, check_replicas
 
 __all__ = [
     "ACCEPTED_KEY",
@@ -108,7 +114,10 @@ __all__ = [
     "add_failed_event",
     "bump_config_version",
     "check_fsync_replies",
+    "check_durability_support",
     "check_fsync_support",
+    "check_replica_replies",
+    "check_replicas",
     "check_redis_keeps",
     "claim_jobs",
     "claimed_events",
@@ -118,6 +127,7 @@ __all__ = [
     "enqueue_events",
     "enqueue_events_async",
     "enqueue_events_fsync",
+    "enqueue_events_replicated",
     "enqueue_function",
     "fail_running_job",
     "finish_claimed",
@@ -129,6 +139,7 @@ __all__ = [
     "queued_payload",
     "queued_seconds",
     "read_payload",
+    "redis_outage",
     "refuse_dequeued",
     "release_claims",
     "release_legacy_claims",

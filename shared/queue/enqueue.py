@@ -1,5 +1,6 @@
 """Writing jobs: RQ's job hash, written directly, one MULTI/EXEC per group of events; and the
-fsync-confirmed variant of REDIS_DURABILITY=fsync, with its reply parsing."""
+confirmed variants of REDIS_DURABILITY=fsync (WAITAOF) and =replicated (WAIT), with their
+reply parsing."""
 
 from __future__ import annotations
 
@@ -175,6 +176,9 @@ def enqueue_function(settings: Settings) -> GroupWrite:
     """The group write of REDIS_DURABILITY; "aof" is `enqueue_events_async` itself."""
     if settings.redis_durability == "fsync":
         return functools.partial(enqueue_events_fsync, timeout_ms=settings.redis_fsync_timeout_ms)
+    if settings.redis_durability == "replicated":
+        timeout_ms = settings.redis_replica_timeout_ms
+        return functools.partial(enqueue_events_replicated, timeout_ms=timeout_ms)
     return enqueue_events_async
 
 
@@ -194,20 +198,50 @@ async def enqueue_events_fsync(
     Raises QueueUnavailable on any error reply and when the fsync is not confirmed within
     `timeout_ms`: the job may then be in Redis and be stored, but it was not reported
     accepted."""
+    job_id, replies = await _write_then(
+        writer, connection, events, records, ("WAITAOF", 1, 0, timeout_ms)
+    )
+    check_fsync_replies(replies)
+    return job_id
+
+
+async def enqueue_events_replicated(
+    writer: JobWriter,
+    connection: aioredis.Redis,
+    events: Sequence[Event],
+    records: Sequence[Record] = (),
+    *,
+    timeout_ms: int,
+) -> str:
+    """`enqueue_events_async` that returns only once WAIT counts a replica holding the job
+    (REDIS_DURABILITY=replicated), packed like the fsync write (WAIT too covers only its own
+    connection's writes). Raises QueueUnavailable on any error reply and when no replica
+    acknowledged within `timeout_ms`: the job is then in the primary and may be stored (or
+    be lost with the primary), but it was not reported accepted."""
+    job_id, replies = await _write_then(
+        writer, connection, events, records, ("WAIT", 1, timeout_ms)
+    )
+    check_replica_replies(replies)
+    return job_id
+
+
+async def _write_then(
+    writer: JobWriter,
+    connection: aioredis.Redis,
+    events: Sequence[Event],
+    records: Sequence[Record],
+    confirm: tuple[Any, ...],
+) -> tuple[str, list[Any]]:
+    """MULTI, the job's commands, EXEC and `confirm` packed on one connection; the job's id
+    and every reply. Raises QueueUnavailable when Redis cannot be reached."""
     pipe = connection.pipeline(transaction=True)  # only to build the command stack
     job_id = writer.add(pipe, events, records)
-    commands = [
-        ("MULTI",),
-        *(args for args, _ in pipe.command_stack),
-        ("EXEC",),
-        ("WAITAOF", 1, 0, timeout_ms),
-    ]
+    commands = [("MULTI",), *(args for args, _ in pipe.command_stack), ("EXEC",), confirm]
     try:
         replies = await _send_on_one_connection(connection.connection_pool, commands)
     except redis.RedisError as exc:
         raise QueueUnavailable() from exc
-    check_fsync_replies(replies)
-    return job_id
+    return job_id, replies
 
 
 async def _send_on_one_connection(pool: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -238,6 +272,17 @@ def check_fsync_replies(replies: Sequence[Any]) -> None:
         raise QueueUnavailable()
     if numlocal < 1:
         raise QueueUnavailable("The event queue did not confirm the write on disk, retry later")
+
+
+def check_replica_replies(replies: Sequence[Any]) -> None:
+    """Raise QueueUnavailable unless EXEC applied every command and WAIT counted a replica."""
+    executed, replicas = replies[-2], replies[-1]
+    if not isinstance(executed, list) or any(isinstance(r, Exception) for r in executed):
+        raise QueueUnavailable()
+    if int(replicas) < 1:
+        raise QueueUnavailable(
+            "The event queue did not confirm the write on a replica, retry later"
+        )
 
 
 async def check_fsync_support(connection: aioredis.Redis) -> None:

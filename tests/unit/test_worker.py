@@ -6,6 +6,8 @@ import time
 from typing import Any
 
 import pytest
+import redis
+from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 from sqlalchemy import Engine, func, select
 
@@ -347,3 +349,113 @@ def test_a_job_failing_for_good_ends_its_events_as_failed(
         ("JOB_FAILED", "The job failed: RuntimeError")
     }
     assert worker_ctx.redis.hlen(PENDING_KEY) == 0
+
+
+@pytest.mark.parametrize(
+    "outage",
+    [
+        redis.ConnectionError("Connection refused"),
+        redis.TimeoutError("Timeout reading from socket"),
+        redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
+        redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
+    ],
+)
+def test_a_redis_outage_in_a_job_requeues_it_unspent_and_the_worker_goes_on(
+    worker_ctx: WorkerContext,
+    engine: Engine,
+    project: tuple[str, str, str],
+    monkeypatch: Any,
+    outage: redis.RedisError,
+) -> None:
+    """The job's outcome could not be written (its pipeline refused): the events are in the
+    store already, the job comes back once, with its retries whole, and stores nothing twice."""
+    add_contact(engine, project[0], "jane@example.com")
+    job_id = enqueue_events(JobWriter(worker_ctx.queue), worker_ctx.redis, [an_event(project[0])])
+    real_finish = __import__("worker.jobs", fromlist=["_finish"])._finish
+    calls = {"finish": 0}
+
+    def refused_once(*args: Any, **kwargs: Any) -> None:
+        calls["finish"] += 1
+        if calls["finish"] == 1:
+            raise outage
+        real_finish(*args, **kwargs)
+
+    monkeypatch.setattr("worker.jobs._finish", refused_once)
+    worker = EventWorker(
+        [worker_ctx.queue.rq], connection=worker_ctx.redis, serializer=JSONSerializer
+    )
+    assert worker.work(burst=True)
+    assert calls["finish"] == 2  # run again, not quit
+    assert count(engine, events) == 1
+    assert worker_ctx.queue.rq.failed_job_registry.count == 0
+    job = worker_ctx.queue.rq.fetch_job(job_id)
+    assert job is not None and job.get_status() == "finished"
+    assert job.retries_left == worker_ctx.settings.job_retries  # none spent
+    assert _started(worker_ctx) == [] and worker_ctx.redis.hlen(PENDING_KEY) == 0
+
+
+def test_a_redis_outage_in_rqs_own_steps_is_waited_out_not_an_exit(
+    worker_ctx: WorkerContext, engine: Engine, project: tuple[str, str, str], monkeypatch: Any
+) -> None:
+    """RQ's work loop quits on an error it does not expect (here a demoted primary answering
+    READONLY as the worker takes its job, then an OOM to its heartbeat): the worker waits for
+    Redis to take writes, puts the job back unspent and goes on."""
+    add_contact(engine, project[0], "jane@example.com")
+    enqueue_events(JobWriter(worker_ctx.queue), worker_ctx.redis, [an_event(project[0])])
+    refusals = [
+        redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
+    ]
+    real_refuse = __import__("worker.runner", fromlist=["refuse_dequeued"]).refuse_dequeued
+
+    beats = {"after_refusal": 0}
+
+    def demoted(*args: Any, **kwargs: Any) -> bool:
+        if refusals:
+            beats["after_refusal"] = 1
+            raise refusals.pop()
+        return bool(real_refuse(*args, **kwargs))
+
+    real_beat = SimpleWorker.heartbeat
+
+    def full_once(self: Any, *args: Any, **kwargs: Any) -> None:
+        if beats["after_refusal"] == 1:  # the first look while waiting: still refused
+            beats["after_refusal"] = 2
+            raise redis.exceptions.OutOfMemoryError("command not allowed")
+        real_beat(self, *args, **kwargs)
+
+    monkeypatch.setattr("worker.runner.refuse_dequeued", demoted)
+    monkeypatch.setattr("worker.runner.time.sleep", lambda _s: None)
+    worker = EventWorker(
+        [worker_ctx.queue.rq], connection=worker_ctx.redis, serializer=JSONSerializer
+    )
+    monkeypatch.setattr(SimpleWorker, "heartbeat", full_once)
+    assert worker.work(burst=True)
+    assert beats["after_refusal"] == 2  # the wait looked again after its first refusal
+    assert count(engine, events) == 1
+    assert worker_ctx.queue.rq.failed_job_registry.count == 0
+    assert worker_ctx.redis.llen(worker_ctx.queue.rq.intermediate_queue_key) == 0
+    assert _started(worker_ctx) == [] and worker_ctx.redis.hlen(PENDING_KEY) == 0
+
+
+def test_an_error_that_is_no_outage_still_ends_the_loop(
+    worker_ctx: WorkerContext, monkeypatch: Any
+) -> None:
+    """A lost connection at the suspension check is waited out; wrong credentials do not
+    pass by themselves, and RQ's loop ends on them as before."""
+    errors: list[redis.RedisError] = [
+        redis.exceptions.AuthenticationError("invalid password"),
+        redis.ConnectionError("Connection refused"),
+    ]
+
+    def suspended(*_args: Any) -> bool:
+        if errors:
+            raise errors.pop()
+        return False
+
+    monkeypatch.setattr("rq.worker.base.is_suspended", suspended)
+    monkeypatch.setattr("worker.runner.time.sleep", lambda _s: None)
+    worker = EventWorker(
+        [worker_ctx.queue.rq], connection=worker_ctx.redis, serializer=JSONSerializer
+    )
+    assert worker.work(burst=True) is False
+    assert errors == []  # the connection error was ridden out, the second error ended it

@@ -263,7 +263,10 @@ def test_a_backlog_over_its_limit_refuses_before_redis_would(
     Retry-After), Redis refuses nothing, and sends succeed again once workers drain."""
     server = RedisServer(config={"maxmemory": "4mb", "maxmemory-policy": "noeviction"})
     try:
-        env = service_env(database_url, server.url, MAX_QUEUED_EVENTS="5000")
+        # 2,000 events fill about half of the 4 MB in the small groups of this load (5,000
+        # filled 97% of it, and a worker cannot drain a Redis too full for its own finishing
+        # writes: the README's sizing advice, kept here).
+        env = service_env(database_url, server.url, MAX_QUEUED_EVENTS="2000")
         api, base = start_api(env)
         procs_cleanup.append(api)
         key = _project(env, base)
@@ -274,7 +277,7 @@ def test_a_backlog_over_its_limit_refuses_before_redis_would(
         errors: dict[str, Any] = client.info("errorstats")
         assert not any("OOM" in name for name in errors), errors
         # The limit is soft by what one backlog poll (0.1 s) lets through.
-        assert 5000 <= len(accepted) <= 6000, len(accepted)
+        assert 2000 <= len(accepted) <= 3000, len(accepted)
         memory: dict[str, Any] = client.info("memory")
         print(f"used_memory at the limit: {memory['used_memory_human']}")
         procs_cleanup.append(start_worker(env))

@@ -86,7 +86,8 @@ CSP = (
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: with it, browsers send `Origin: null` on the sign-in form.
+    "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
 }
 MAX_FORM_BYTES = 64 * 1024

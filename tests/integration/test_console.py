@@ -150,7 +150,7 @@ def test_an_operator_finds_failed_events_replays_them_and_sees_them_stored(
 
     # A wrong token is refused, the right one lands on the overview.
     sign_in(page, base, "wrong-" + "w" * 20)
-    assert "Wrong operator token" in page.locator("#sign-in-error").inner_text()
+    assert "Wrong operator token" in page.locator("#sign-in-error").inner_text(timeout=3000)
     sign_in(page, base)
     page.wait_for_url(f"{base}/console/overview")
 
@@ -176,7 +176,7 @@ def test_an_operator_finds_failed_events_replays_them_and_sees_them_stored(
 
     # Failed events found by code; one opened.
     page.get_by_role("link", name="Failed events").click()
-    page.get_by_label("Code").fill(CNF)
+    page.get_by_label("Code", exact=True).fill(CNF)
     page.get_by_role("button", name="Filter").click()
     held = stats["store"]["failedHeld"][CNF]
     assert held == 3
@@ -225,7 +225,7 @@ def test_an_operator_finds_failed_events_replays_them_and_sees_them_stored(
     tail.locator(f'tr[data-event-id="{later}"][data-status="stored"]').wait_for()
 
     # Projects, keys (no secret shown) and a revoke behind its confirmation.
-    second = json.loads(run_cli(env, "keys", "create", project["projectId"], "--json"))
+    second = json.loads(run_cli(env, "keys", "create", "--project", project["projectId"], "--json"))
     page.get_by_role("link", name="Projects").click()
     check_a11y(page, "projects")
     shoot(page, shots, "projects")
@@ -286,46 +286,49 @@ def test_pages_render_under_their_content_security_policy_and_their_weight(
         "project": f"/console/projects/{project['projectId']}",
     }
     for name, path in paths.items():
-        fresh = browser.new_context(viewport=VIEWPORT)  # a cold cache for each page
-        tab = fresh.new_page()
-        tab.on("console", lambda m: complaints.append(m.text) if m.type == "error" else None)
-        if name != "sign-in":
-            sign_in(tab, base)
-            tab.wait_for_url(f"{base}/console/overview")
-            # The sign-in's own files are cached now: a fresh context again, same cookie.
-            state = fresh.storage_state()
-            fresh.close()
-            fresh = browser.new_context(viewport=VIEWPORT, storage_state=state)
-            tab = fresh.new_page()
-            tab.on("console", lambda m: complaints.append(m.text) if m.type == "error" else None)
-        responses: list[Any] = []
-        tab.on("response", responses.append)
-        started = time.perf_counter()
-        tab.goto(base + path, wait_until="load")
-        wall = time.perf_counter() - started
-        paint = tab.evaluate(
-            "() => (performance.getEntriesByName('first-contentful-paint')[0] || {}).startTime"
-        )
-        weight = sum(_transferred(r) for r in responses)
-        figures[name] = {
-            "bytes": weight,
-            "requests": len(responses),
-            "firstContentfulPaintMs": None if paint is None else round(paint, 1),
-            "loadSeconds": round(wall, 3),
-        }
-        if name == "overview":
-            assert tab.locator("#chart-accepted canvas").count() == 1  # uPlot ran
-        if name == "tail":
-            tab.locator("#tail-state").filter(has_text="live").wait_for()  # the stream opened
-        fresh.close()
+        figures[name] = _measure(browser, base, path, signed_in=name != "sign-in", log=complaints)
     assert not [c for c in complaints if "Content Security Policy" in c], complaints
     (shots / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
     print("console figures:", json.dumps(figures))
     for name, found in figures.items():
         assert found["bytes"] < 150_000, (name, found)
-        assert (
-            found["firstContentfulPaintMs"] is not None and found["firstContentfulPaintMs"] < 3000
-        )
+        assert found["firstContentfulPaintMs"] < 3000, (name, found)
+
+
+def _measure(browser: Any, base: str, path: str, *, signed_in: bool, log: list[str]) -> Any:
+    """One page loaded with a cold cache (a fresh context; signed in first in another one,
+    whose cookie only is carried over): bytes transferred, requests, first paint, load."""
+    state = None
+    if signed_in:
+        context = browser.new_context(viewport=VIEWPORT)
+        sign_in(context.new_page(), base)
+        context.pages[0].wait_for_url(f"{base}/console/overview")
+        state = context.storage_state()
+        context.close()
+    context = browser.new_context(viewport=VIEWPORT, storage_state=state)
+    tab = context.new_page()
+    tab.on("console", lambda m: log.append(m.text) if m.type == "error" else None)
+    responses: list[Any] = []
+    tab.on("response", lambda r: responses.append(r))
+    started = time.perf_counter()
+    tab.goto(base + path, wait_until="load")
+    wall = time.perf_counter() - started
+    # The paint entry may be recorded a moment after the load event.
+    fcp = "performance.getEntriesByName('first-contentful-paint')"
+    tab.wait_for_function(f"() => {fcp}.length > 0", timeout=5000)
+    paint = tab.evaluate(f"() => {fcp}[0].startTime")
+    if path.endswith("/overview"):
+        assert tab.locator("#chart-accepted canvas").count() == 1  # uPlot ran
+    if path.endswith("/tail"):
+        tab.locator("#tail-state").filter(has_text="live").wait_for()  # the stream opened
+    found = {
+        "bytes": sum(_transferred(r) for r in responses),
+        "requests": len(responses),
+        "firstContentfulPaintMs": round(paint, 1),
+        "loadSeconds": round(wall, 3),
+    }
+    context.close()
+    return found
 
 
 def _transferred(response: Any) -> int:

@@ -92,6 +92,20 @@ def test_signing_in_sets_a_strict_http_only_signed_cookie(console: TestClient) -
     assert console.get("/console/overview").status_code == 200
 
 
+def test_the_cookie_is_secure_over_https(
+    settings: Settings, engine: Engine, fake_server: Any, worker_ctx: Any, project: Project
+) -> None:
+    with make_client(settings, engine, fake_server, operator_token=TOKEN) as client:
+        client.base_url = client.base_url.copy_with(scheme="https")
+        answer = client.post(
+            "/console/sign-in",
+            data={"token": TOKEN},
+            headers={"Origin": "https://testserver"},
+            follow_redirects=False,
+        )
+    assert answer.status_code == 303 and "secure" in answer.headers["set-cookie"].lower()
+
+
 def test_a_wrong_token_is_refused(console: TestClient) -> None:
     answer = sign_in(console, "nope-" + "n" * 20)
     assert answer.status_code == 401 and "Wrong operator token" in answer.text

@@ -28,6 +28,7 @@ from shared.queue import (
     read_payload,
     record_job_activity,
     running_job,
+    tail_has_room,
 )
 from worker import metrics
 from worker.context import WorkerContext, get_context
@@ -118,15 +119,15 @@ def _finish(
     jobs (their marks re-pointed), split each failed event out as a failed job of its own
     keyed by the event id (an operator can replay exactly that event), finish the claimed
     jobs and count the outcome for `eventpipe stats` and the console (its charts and tail)."""
+    tail = tail_has_room(ctx.redis)  # (an INFO every few seconds at most)
     with ctx.redis.pipeline(transaction=True) as pipe:
         pipe.hdel(PENDING_KEY, *[e["id"] for e in batch])
         if outcome.left:
             JobWriter(ctx.queue).add_split(pipe, outcome.left, outcome.timeouts)
         finish_claimed(ctx.queue, pipe, job.worker_name, claimed)
         _count_outcome(pipe, outcome)
-        record_job_activity(
-            pipe, job.id, outcome.stored, [(e, error.code) for e, error in outcome.failed]
-        )
+        failures = [(e, error.code) for e, error in outcome.failed]
+        record_job_activity(pipe, job.id, outcome.stored, failures, tail=tail)
         if split_failures:
             for event, error in outcome.failed:
                 add_failed_event(ctx.queue, pipe, event, error)

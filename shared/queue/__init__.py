@@ -28,6 +28,7 @@ from shared.queue.activity import (
     read_rates,
     record_job_activity,
     tail_after,
+    tail_has_room,
     tail_last_id,
     tail_latest,
 )
@@ -152,6 +153,7 @@ __all__ = [
     "renew_claims",
     "running_job",
     "tail_after",
+    "tail_has_room",
     "tail_last_id",
     "tail_latest",
     "workers",

@@ -26,10 +26,16 @@ ACCEPTED, STORED, FAILED = "a", "s", "f"
 RATE_KINDS = {"accepted": ACCEPTED, "stored": STORED, "failed": FAILED}
 
 TAIL_KEY = "eventpipe:tail"
-# Entries kept (approximately: MAXLEN ~ trims whole nodes, cheaply).
-TAIL_MAXLEN = 2000
-# Events listed in one job's entry; a bigger job's entry says how many more there were.
-TAIL_EVENTS_PER_JOB = 200
+# Entries kept (approximately: MAXLEN ~ trims whole nodes, cheaply), and events listed in
+# one job's entry (a bigger job's entry says how many more there were): at most ~1 MB.
+TAIL_MAXLEN = 500
+TAIL_EVENTS_PER_JOB = 25
+# The tail is written only while Redis uses less than this share of its maxmemory, read
+# at most every TAIL_MEMORY_CHECK_SECONDS: near the limit (noeviction), the tail's growth
+# would make Redis refuse the worker's finishing transaction, and the backlog never drain.
+TAIL_MEMORY_SHARE = 0.8
+TAIL_MEMORY_CHECK_SECONDS = 5.0
+_memory_checks: dict[int, tuple[float, bool]] = {}
 
 REPLAY_PREFIX = "eventpipe:console:replay:"
 REPLAY_TTL_SECONDS = 3600
@@ -91,13 +97,38 @@ def tail_job(pipe: Any, job_id: str, items: Sequence[Sequence[str]]) -> None:
     pipe.xadd(TAIL_KEY, entry, maxlen=TAIL_MAXLEN, approximate=True)
 
 
+def tail_has_room(connection: redis.Redis) -> bool:
+    """Whether Redis has room for the tail: under TAIL_MEMORY_SHARE of its maxmemory (no
+    limit: always), from an INFO read at most every TAIL_MEMORY_CHECK_SECONDS."""
+    now = time.monotonic()
+    checked = _memory_checks.get(id(connection))
+    if checked is not None and now - checked[0] < TAIL_MEMORY_CHECK_SECONDS:
+        return checked[1]
+    try:
+        memory = connection.info("memory")
+        limit = int(memory.get("maxmemory", 0))
+        room = not limit or int(memory.get("used_memory", 0)) < limit * TAIL_MEMORY_SHARE
+    except redis.ResponseError:  # INFO refused (an ACL, a proxy): the tail's ~1 MB bound
+        room = True
+    _memory_checks[id(connection)] = (now, room)
+    return room
+
+
 def record_job_activity(
-    pipe: Any, job_id: str, stored: Sequence[Any], failed: Sequence[tuple[Any, str]]
+    pipe: Any,
+    job_id: str,
+    stored: Sequence[Any],
+    failed: Sequence[tuple[Any, str]],
+    *,
+    tail: bool = True,
 ) -> None:
     """On the worker's finishing transaction: the job's stored and failed events counted for
-    the charts, and its entry in the live tail. `stored` are events, `failed` (event, code)."""
+    the charts, and (with `tail`) its entry in the live tail. `stored` are events, `failed`
+    (event, code)."""
     count_rate(pipe, STORED, len(stored))
     count_rate(pipe, FAILED, len(failed))
+    if not tail:
+        return
     items = [[e["id"], e["projectId"], e["eventName"], "stored", ""] for e in stored]
     items += [[e["id"], e["projectId"], e["eventName"], "failed", code] for e, code in failed]
     tail_job(pipe, job_id, items)

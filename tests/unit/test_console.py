@@ -305,3 +305,23 @@ def test_the_tail_stream_sends_the_backlog_filtered(
     assert batch[1]["id"] in by_name and batch[0]["id"] not in by_name
     bad = signed_in.get("/console/tail/stream?after=zzz")
     assert bad.status_code == 400
+
+
+def test_the_tail_is_not_written_while_redis_is_near_its_memory_limit(
+    project: Project, worker_ctx: WorkerContext, monkeypatch: Any
+) -> None:
+    """Near maxmemory (noeviction) the tail's growth would make Redis refuse the worker's
+    finishing transaction, and the backlog would never drain: the tail waits, the counts go
+    on."""
+    from shared.queue import activity
+
+    memory = {"used_memory": 900, "maxmemory": 1000}
+    monkeypatch.setattr(worker_ctx.redis, "info", lambda section: memory, raising=False)
+    monkeypatch.setattr(activity, "_memory_checks", {})
+    store_events(make_payload([an_event(project[0], email="ghost@example.com")]))
+    assert worker_ctx.redis.xlen("eventpipe:tail") == 0
+    assert sum(read_rates(worker_ctx.redis, 60, now=time.time() + 5)["failed"]) > 0
+    memory["used_memory"] = 100
+    monkeypatch.setattr(activity, "_memory_checks", {})  # (read again at once)
+    store_events(make_payload([an_event(project[0], email="ghost@example.com")]))
+    assert worker_ctx.redis.xlen("eventpipe:tail") == 1

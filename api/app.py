@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from api.console.views import ROUTES as CONSOLE_ROUTES
 from api.http import render_error, render_http_error, render_unexpected
 from api.observe import SEND_PATH, observed, record_request
 from api.routes import admin, batch, contacts, definitions, docs, health, send
@@ -35,6 +36,7 @@ ROUTES = sorted(
         *docs.ROUTES,
         *admin.ROUTES,
         *health.ROUTES,
+        *CONSOLE_ROUTES,
     ],
     key=lambda route: "{" in getattr(route, "path", ""),
 )

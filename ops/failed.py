@@ -101,6 +101,24 @@ def count_failed(flt: FailedFilter, *, conn: Connection) -> int:
     return int(conn.execute(query).scalar() or 0)
 
 
+def failed_counts(flt: FailedFilter, *, conn: Connection, top: int = 50) -> dict[str, Any]:
+    """How many match `flt`, by code and by event name (the `top` biggest of each)."""
+    found: dict[str, Any] = {"total": count_failed(flt, conn=conn)}
+    for label, column in (
+        ("byCode", failed_events.c.code),
+        ("byEventName", failed_events.c.event_name),
+    ):
+        query = (
+            select(column, func.count().label("n"))
+            .where(*flt.conditions())
+            .group_by(column)
+            .order_by(func.count().desc(), column)
+            .limit(top)
+        )
+        found[label] = [{"name": name, "count": int(n)} for name, n in conn.execute(query)]
+    return found
+
+
 def list_failed(
     flt: FailedFilter, limit: int, *, before: str | None = None, conn: Connection
 ) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from shared.queue import (
     STORED_KEY,
     JobQueue,
     queue_figures,
+    read_rates,
     workers,
 )
 
@@ -70,6 +71,15 @@ def redis_stats(queue: JobQueue) -> dict[str, Any]:
         },
         "workers": worker_stats(queue),
     }
+
+
+def rates(queue: JobQueue, seconds: int = 3600) -> dict[str, Any] | None:
+    """Accepted, stored and failed events a second over the last `seconds`, in five-second
+    buckets kept in Redis (never a scan of the events table); None while Redis is down."""
+    try:
+        return read_rates(queue.connection, seconds)
+    except redis.RedisError:
+        return None
 
 
 def worker_stats(queue: JobQueue) -> list[dict[str, Any]]:

@@ -54,6 +54,22 @@ class Unauthorized(EventpipeError):
         super().__init__(message)
 
 
+class Forbidden(EventpipeError):
+    """Signed in, but the request is not one the session made (a missing CSRF token)."""
+
+    status = 403
+    code = "FORBIDDEN"
+
+
+class TooManyRequests(EventpipeError):
+    status = 429
+    code = "TOO_MANY_REQUESTS"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class NotFound(EventpipeError):
     status = 404
     code = "NOT_FOUND"

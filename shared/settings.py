@@ -106,6 +106,10 @@ class Settings:
     log_format: str = "text"
     # The bearer token of /v1/admin/*; empty turns the admin API off. Never a project key.
     operator_token: str = ""
+    # The key signing the console's session cookies; empty: derived from OPERATOR_TOKEN (so
+    # every API process agrees). Changing either signs every operator out.
+    console_secret: str = ""
+    console_session_seconds: int = 8 * 3600
     # Where API and worker processes keep Prometheus's multiprocess files; empty: a fresh
     # temporary directory per `eventpipe serve` / `eventpipe worker`.
     metrics_dir: str = ""
@@ -157,6 +161,8 @@ ENV_NAMES: dict[str, str] = {
     "LOG_LEVEL": "log_level",
     "LOG_FORMAT": "log_format",
     "OPERATOR_TOKEN": "operator_token",
+    "CONSOLE_SECRET": "console_secret",
+    "CONSOLE_SESSION_SECONDS": "console_session_seconds",
     "METRICS_DIR": "metrics_dir",
 }
 
@@ -193,6 +199,8 @@ def _check_choices(values: dict[str, Any]) -> None:
         if values.get(ENV_NAMES[name], 1) < 1:
             raise ValueError(f"{name} must be at least 1")
     sentinel_addresses(values.get("redis_sentinels", ""))  # raises on a malformed list
+    if values.get("console_session_seconds", 1) < 1:
+        raise ValueError("CONSOLE_SESSION_SECONDS must be at least 1")
     token = values.get("operator_token", "")
     # A short token could be guessed over the network; refuse it rather than run with it.
     if token and len(token) < MIN_OPERATOR_TOKEN:

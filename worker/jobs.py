@@ -26,7 +26,9 @@ from shared.queue import (
     fail_running_job,
     finish_claimed,
     read_payload,
+    record_job_activity,
     running_job,
+    tail_has_room,
 )
 from worker import metrics
 from worker.context import WorkerContext, get_context
@@ -116,13 +118,16 @@ def _finish(
     """In one round trip: drop the pending marks, hand the parts left untried off as split
     jobs (their marks re-pointed), split each failed event out as a failed job of its own
     keyed by the event id (an operator can replay exactly that event), finish the claimed
-    jobs and count the outcome for `eventpipe stats`."""
+    jobs and count the outcome for `eventpipe stats` and the console (its charts and tail)."""
+    tail = tail_has_room(ctx.redis)  # (an INFO every few seconds at most)
     with ctx.redis.pipeline(transaction=True) as pipe:
         pipe.hdel(PENDING_KEY, *[e["id"] for e in batch])
         if outcome.left:
             JobWriter(ctx.queue).add_split(pipe, outcome.left, outcome.timeouts)
         finish_claimed(ctx.queue, pipe, job.worker_name, claimed)
         _count_outcome(pipe, outcome)
+        failures = [(e, error.code) for e, error in outcome.failed]
+        record_job_activity(pipe, job.id, outcome.stored, failures, tail=tail)
         if split_failures:
             for event, error in outcome.failed:
                 add_failed_event(ctx.queue, pipe, event, error)

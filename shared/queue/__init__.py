@@ -15,12 +15,25 @@ redis-py internal (tests/unit/test_queue_boundary.py checks it). What it owns:
 - claims.py: group jobs claimed by a running job as RQ started work, renewed, finished,
   given back;
 - registries.py: failed events, replay's requeue, the queue's figures, one job's payload,
-  the running job.
+  the running job;
+- activity.py: the console's events-a-second counters, live tail stream, replay progress
+  and sign-in throttle.
 
 The worker runner (worker/runner.py) subclasses RQ's worker and the command line runs RQ's
 tools; nothing else imports `rq`.
 """
 
+from shared.queue.activity import (
+    count_attempt,
+    get_replay_progress,
+    put_replay_progress,
+    read_rates,
+    record_job_activity,
+    tail_after,
+    tail_has_room,
+    tail_last_id,
+    tail_latest,
+)
 from shared.queue.claims import (
     claim_jobs,
     claimed_events,
@@ -124,6 +137,7 @@ __all__ = [
     "connect_async",
     "connect_redis",
     "connect_subscriber",
+    "count_attempt",
     "enqueue_events",
     "enqueue_events_async",
     "enqueue_events_fsync",
@@ -132,18 +146,26 @@ __all__ = [
     "fail_running_job",
     "finish_claimed",
     "forget_failed_jobs",
+    "get_replay_progress",
     "make_payload",
     "make_queue",
+    "put_replay_progress",
     "queue_figures",
     "queue_figures_async",
     "queued_payload",
     "queued_seconds",
     "read_payload",
     "redis_outage",
+    "read_rates",
+    "record_job_activity",
     "refuse_dequeued",
     "release_claims",
     "release_legacy_claims",
     "renew_claims",
     "running_job",
+    "tail_after",
+    "tail_has_room",
+    "tail_last_id",
+    "tail_latest",
     "workers",
 ]

@@ -19,6 +19,7 @@ from rq.utils import utcformat
 from shared import jsonio
 from shared.errors import EventpipeError, QueueUnavailable
 from shared.ids import new_id
+from shared.queue.activity import ACCEPTED, count_rate
 from shared.queue.connect import PROTOCOL, JobQueue
 from shared.queue.keys import ACCEPTED_KEY, PENDING_KEY
 from shared.queue.payload import EVENT, GROUP, REPLAY, SPLIT, Event, make_payload
@@ -118,6 +119,7 @@ class JobWriter:
         pipe.rpush(keys.queue, job_id)
         pipe.hset(PENDING_KEY, mapping={e["id"]: job_id for e in events})
         pipe.incrby(ACCEPTED_KEY, len(events))
+        count_rate(pipe, ACCEPTED, len(events))  # the console's chart
         for key, value, ttl in records:
             pipe.set(key, value, ex=ttl)
         return job_id

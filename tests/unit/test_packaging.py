@@ -45,3 +45,12 @@ def test_the_wheel_holds_every_package_module_and_migration(wheel: zipfile.ZipFi
 def test_the_console_script_is_the_command_line(wheel: zipfile.ZipFile) -> None:
     (entry_points,) = [n for n in wheel.namelist() if n.endswith("entry_points.txt")]
     assert "eventpipe = cli.main:main" in wheel.read(entry_points).decode()
+
+
+def test_the_wheel_holds_the_console_templates_and_static_files(wheel: zipfile.ZipFile) -> None:
+    names = set(wheel.namelist())
+    console = ROOT / "api" / "console"
+    files = [*console.glob("templates/*"), *console.glob("static/*")]
+    assert len(files) > 10
+    for path in files:
+        assert str(path.relative_to(ROOT)) in names, f"{path} is not in the wheel"

@@ -1,0 +1,1 @@
+"""The operator console: /console, served by the API process (see views.py)."""

@@ -15,7 +15,6 @@ from shared.queue import (
     FAILED_KEY,
     GROUP,
     OUTCOMES_CHANNEL,
-    PENDING_KEY,
     STORED_KEY,
     Event,
     JobWriter,
@@ -23,6 +22,7 @@ from shared.queue import (
     add_failed_event,
     claim_jobs,
     claimed_events,
+    drop_pending,
     fail_running_job,
     finish_claimed,
     read_payload,
@@ -118,7 +118,7 @@ def _finish(
     keyed by the event id (an operator can replay exactly that event), finish the claimed
     jobs and count the outcome for `eventpipe stats`."""
     with ctx.redis.pipeline(transaction=True) as pipe:
-        pipe.hdel(PENDING_KEY, *[e["id"] for e in batch])
+        drop_pending(pipe, batch)  # and the projects' queued counts (fair shares)
         if outcome.left:
             JobWriter(ctx.queue).add_split(pipe, outcome.left, outcome.timeouts)
         finish_claimed(ctx.queue, pipe, job.worker_name, claimed)

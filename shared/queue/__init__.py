@@ -12,6 +12,8 @@ redis-py internal (tests/unit/test_queue_boundary.py checks it). What it owns:
 - guard.py: only eventpipe's jobs run (anything else in the queue failed unrun);
 - claims.py: group jobs claimed by a running job as RQ started work, renewed, finished,
   given back;
+- shares.py: fair shares: the queued events of each project, moved with the pending marks,
+  and the rate-limited projects' shared token buckets;
 - registries.py: failed events, replay's requeue, the queue's figures, one job's payload,
   the running job.
 
@@ -50,12 +52,23 @@ from shared.queue.enqueue import (
     enqueue_function,
 )
 from shared.queue.guard import refuse_dequeued
+from shared.queue.shares import (
+    Lease,
+    RateLeaser,
+    drop_pending,
+    queued_of,
+    rate_bucket_levels,
+    rate_bucket_levels_async,
+    read_backlog,
+    top_queued,
+)
 from shared.queue.keys import (
     ACCEPTED_KEY,
     CONFIG_VERSION_KEY,
     FAILED_KEY,
     OUTCOMES_CHANNEL,
     PENDING_KEY,
+    PROJECT_QUEUED_KEY,
     STORED_KEY,
 )
 from shared.queue.payload import (
@@ -92,6 +105,7 @@ __all__ = [
     "JOB_FUNC",
     "OUTCOMES_CHANNEL",
     "PENDING_KEY",
+    "PROJECT_QUEUED_KEY",
     "PROTOCOL",
     "REPLAY",
     "SPLIT",
@@ -100,8 +114,10 @@ __all__ = [
     "GroupWrite",
     "JobQueue",
     "JobWriter",
+    "Lease",
     "Payload",
     "QueueFigures",
+    "RateLeaser",
     "Record",
     "ReplayQueue",
     "RunningJob",
@@ -115,6 +131,7 @@ __all__ = [
     "connect_async",
     "connect_redis",
     "connect_subscriber",
+    "drop_pending",
     "enqueue_events",
     "enqueue_events_async",
     "enqueue_events_fsync",
@@ -126,13 +143,18 @@ __all__ = [
     "make_queue",
     "queue_figures",
     "queue_figures_async",
+    "queued_of",
     "queued_payload",
     "queued_seconds",
+    "rate_bucket_levels",
+    "rate_bucket_levels_async",
+    "read_backlog",
     "read_payload",
     "refuse_dequeued",
     "release_claims",
     "release_legacy_claims",
     "renew_claims",
     "running_job",
+    "top_queued",
     "workers",
 ]

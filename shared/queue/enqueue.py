@@ -20,6 +20,7 @@ from shared.errors import EventpipeError, QueueUnavailable
 from shared.ids import new_id
 from shared.queue.connect import PROTOCOL, JobQueue
 from shared.queue.keys import ACCEPTED_KEY, PENDING_KEY
+from shared.queue.shares import count_queued
 from shared.queue.payload import EVENT, GROUP, REPLAY, SPLIT, Event, make_payload
 from shared.settings import Settings
 
@@ -116,6 +117,7 @@ class JobWriter:
         pipe.hset(keys.job(job_id), mapping=self.fields(events))
         pipe.rpush(keys.queue, job_id)
         pipe.hset(PENDING_KEY, mapping={e["id"]: job_id for e in events})
+        count_queued(pipe, events)
         pipe.incrby(ACCEPTED_KEY, len(events))
         for key, value, ttl in records:
             pipe.set(key, value, ex=ttl)
@@ -132,6 +134,7 @@ class JobWriter:
             pipe.hset(keys.job(job_id), mapping=self.fields(events, SPLIT, timeouts))
             pipe.lpush(keys.queue, job_id)
             pipe.hset(PENDING_KEY, mapping={e["id"]: job_id for e in events})
+            count_queued(pipe, events)
 
 
 def enqueue_events(writer: JobWriter, connection: redis.Redis, events: Sequence[Event]) -> str:

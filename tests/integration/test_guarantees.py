@@ -263,7 +263,9 @@ def test_a_backlog_over_its_limit_refuses_before_redis_would(
     Retry-After), Redis refuses nothing, and sends succeed again once workers drain."""
     server = RedisServer(config={"maxmemory": "4mb", "maxmemory-policy": "noeviction"})
     try:
-        env = service_env(database_url, server.url, MAX_QUEUED_EVENTS="5000")
+        env = service_env(
+            database_url, server.url, MAX_QUEUED_EVENTS="5000", PROJECT_BACKLOG_SHARE="1"
+        )
         api, base = start_api(env)
         procs_cleanup.append(api)
         key = _project(env, base)

@@ -398,7 +398,10 @@ def test_backpressure_answers_503_past_the_limit_and_recovers_once_drained(
     worker_ctx: WorkerContext,
     project: tuple[str, str, str],
 ) -> None:
-    with make_client(settings, engine, fake_server, max_queued_events=5) as c:
+    # One project: its share is the whole backlog, so the global limit is what answers.
+    with make_client(
+        settings, engine, fake_server, max_queued_events=5, project_backlog_share=1.0
+    ) as c:
         setup_seed(c, project[1])
         answers = [c.post("/v1/events/send", json=SEED, headers=auth(project[1])) for _ in range(8)]
         assert [a.status_code for a in answers] == [202] * 5 + [503] * 3

@@ -48,9 +48,7 @@ class Backlog:
 
     async def _read(self) -> None:
         try:
-            queued, heavy = await read_backlog(
-                self._redis, self._shares.watch_from(), MAX_WATCHED
-            )
+            queued, heavy = await read_backlog(self._redis, self._shares.watch_from(), MAX_WATCHED)
         except RedisError:
             return  # sends will meet the same error and answer 503 themselves
         self._queued = queued

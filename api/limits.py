@@ -21,8 +21,16 @@ from shared.models import project_limits, projects
 
 MAX_RATE = 1e9  # tokens per second
 MAX_BURST = 1_000_000_000
-_PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600}
-_PERIODS["hour"] = 3600
+_PERIODS = {
+    "s": 1,
+    "sec": 1,
+    "second": 1,
+    "m": 60,
+    "min": 60,
+    "minute": 60,
+    "h": 3600,
+    "hour": 3600,
+}
 _RATE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(?:/\s*([a-z]+))?\s*")
 
 

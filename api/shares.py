@@ -45,6 +45,8 @@ log = logging.getLogger("eventpipe.api")
 RATE_HEADERS = "eventpipe.rate_headers"
 # The backlog poll follows at most this many projects near their share (the biggest first).
 MAX_WATCHED = 1000
+# Lease rounds one request may wait for before it is refused (each one a Redis round trip).
+MAX_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,8 @@ class FairShares:
 
     def use_limits(self, limits: Mapping[str, ProjectLimits]) -> None:
         """The limits of a new config snapshot (the ConfigCache calls this on each load)."""
-        rates, shares = {}, {}
+        rates: dict[str, RateLimit] = {}
+        shares: dict[str, int] = {}
         for project_id, limit in limits.items():
             burst = limit.effective_burst
             if limit.rate is not None and burst is not None:
@@ -241,10 +244,15 @@ class FairShares:
         """Spend `n` tokens of `bucket` (or, `partial`, as many of them as there are): how
         many were spent. Waits for a lease round only when the local bucket is short and the
         shared one was not found empty."""
-        taken = bucket.spend(n, partial)
-        if taken == n:
-            return taken
-        if not bucket.dry(time.monotonic()):
+        return await self.take_more(bucket, n, partial, bucket.spend(n, partial))
+
+    async def take_more(self, bucket: Bucket, n: int, partial: bool, taken: int) -> int:
+        """`take` once the local bucket gave `taken` of the `n`."""
+        # A request that came after a round may take the tokens leased for the requests
+        # waiting on it: those wait for another round while Redis still gives.
+        for _ in range(MAX_ROUNDS):
+            if taken == n or bucket.dry(time.monotonic()):
+                break
             bucket.tokens += taken  # put back: the round may bring them all
             await self._next_round(bucket, n)
             taken = bucket.spend(n, partial)
@@ -256,7 +264,12 @@ class FairShares:
             bucket.round = asyncio.get_running_loop().create_future()
         round_ = bucket.round
         self._wake.set()
-        await asyncio.shield(round_)
+        try:
+            await asyncio.shield(round_)
+        except asyncio.CancelledError:
+            if bucket.round is round_:  # the round has not gone out: it need not ask for us
+                bucket.wanted -= n
+            raise
 
     # --- the lease rounds, off the request path ---------------------------------------------
 

@@ -100,9 +100,7 @@ async def open_resources(settings: Settings, clients: Clients) -> Resources:
         idempotency=Idempotency(
             redis_, settings.idempotency_claim_seconds, settings.idempotency_ttl_seconds
         ),
-        backlog=Backlog(
-            redis_, settings.max_queued_events, settings.backlog_poll_seconds, shares
-        ),
+        backlog=Backlog(redis_, settings.max_queued_events, settings.backlog_poll_seconds, shares),
         outcomes=Outcomes(clients.async_redis or connect_subscriber(settings)),
         shares=shares,
     )

@@ -192,9 +192,7 @@ def _limits_answer(request: Request, project_id: str, limits: limits_mod.Project
 
 async def get_limits(request: Request) -> Response:
     project_id = _limited_project(request)
-    found = await in_transaction(
-        request, lambda conn: limits_mod.get_limits(project_id, conn=conn)
-    )
+    found = await in_transaction(request, lambda conn: limits_mod.get_limits(project_id, conn=conn))
     return _limits_answer(request, project_id, found)
 
 
@@ -213,12 +211,8 @@ async def delete_limits(request: Request) -> Response:
     return _limits_answer(request, project_id, limits_mod.NO_LIMITS)
 
 
-async def _save_limits(
-    request: Request, project_id: str, limits: limits_mod.ProjectLimits
-) -> None:
-    await in_transaction(
-        request, lambda conn: limits_mod.set_limits(project_id, limits, conn=conn)
-    )
+async def _save_limits(request: Request, project_id: str, limits: limits_mod.ProjectLimits) -> None:
+    await in_transaction(request, lambda conn: limits_mod.set_limits(project_id, limits, conn=conn))
     await announce_config_change(request)  # every API process within a second
 
 

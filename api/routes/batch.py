@@ -26,11 +26,11 @@ from starlette.routing import Route
 
 from api import idempotency
 from api.apidoc import (
-    RATE_LIMIT_HEADERS,
-    RATE_LIMITED,
     BATCH_EXAMPLE,
     BATCH_RESULT,
     IDEMPOTENCY_KEY,
+    RATE_LIMIT_HEADERS,
+    RATE_LIMITED,
     REPLAYED,
     SEND_EXAMPLE,
     SENDING,

@@ -52,16 +52,6 @@ from shared.queue.enqueue import (
     enqueue_function,
 )
 from shared.queue.guard import refuse_dequeued
-from shared.queue.shares import (
-    Lease,
-    RateLeaser,
-    drop_pending,
-    queued_of,
-    rate_bucket_levels,
-    rate_bucket_levels_async,
-    read_backlog,
-    top_queued,
-)
 from shared.queue.keys import (
     ACCEPTED_KEY,
     CONFIG_VERSION_KEY,
@@ -94,6 +84,15 @@ from shared.queue.registries import (
     queued_seconds,
     running_job,
     workers,
+)
+from shared.queue.shares import (
+    Lease,
+    RateLeaser,
+    drop_pending,
+    rate_bucket_levels,
+    rate_bucket_levels_async,
+    read_backlog,
+    top_queued,
 )
 
 __all__ = [
@@ -143,7 +142,6 @@ __all__ = [
     "make_queue",
     "queue_figures",
     "queue_figures_async",
-    "queued_of",
     "queued_payload",
     "queued_seconds",
     "rate_bucket_levels",

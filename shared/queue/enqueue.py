@@ -20,8 +20,8 @@ from shared.errors import EventpipeError, QueueUnavailable
 from shared.ids import new_id
 from shared.queue.connect import PROTOCOL, JobQueue
 from shared.queue.keys import ACCEPTED_KEY, PENDING_KEY
-from shared.queue.shares import count_queued
 from shared.queue.payload import EVENT, GROUP, REPLAY, SPLIT, Event, make_payload
+from shared.queue.shares import count_queued
 from shared.settings import Settings
 
 JOB_FUNC = "worker.jobs.store_events"

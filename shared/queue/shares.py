@@ -89,14 +89,6 @@ def top_queued(connection: redis.Redis, most: int) -> dict[str, int]:
     return {_text(p): int(n) for p, n in cast(list[tuple[bytes, float]], found)}
 
 
-async def queued_of(connection: aioredis.Redis, project_ids: Sequence[str]) -> dict[str, int]:
-    """The events queued of each of `project_ids` (for /metrics)."""
-    if not project_ids:
-        return {}
-    scores = await connection.zmscore(PROJECT_QUEUED_KEY, list(project_ids))
-    return {p: int(s or 0) for p, s in zip(project_ids, scores, strict=True)}
-
-
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import fakeredis
@@ -14,6 +15,7 @@ from sqlalchemy import Engine
 from starlette.testclient import TestClient
 
 from api.openapi import DOCUMENT
+from shared.queue import make_queue
 from shared.settings import Settings
 from tests.unit.conftest import auth, make_client, make_project
 from tests.unit.test_api import SEED, run_queued_jobs, setup_seed
@@ -167,8 +169,7 @@ def test_a_project_at_its_backlog_share_is_refused_while_another_is_accepted(
     assert flood.status_code == 503
     run_queued_jobs(worker_ctx)
     wait_until(
-        lambda: api.post("/v1/events/send", json=SEED, headers=auth(project[1])).status_code
-        == 202,
+        lambda: api.post("/v1/events/send", json=SEED, headers=auth(project[1])).status_code == 202,
         5,
         "the drained project to be accepted again",
     )
@@ -206,13 +207,15 @@ def test_stats_and_metrics_name_only_the_projects_over_a_limit(
     assert api.post("/v1/events/send", json=SEED, headers=auth(calm_key)).status_code == 202
 
     text = api.get("/metrics").text
-    assert f'eventpipe_project_over_limit{{project="{limited_id}",limit="rate"}} 1.0' in text
-    assert f'eventpipe_project_over_limit{{project="{full_id}",limit="backlog"}} 1.0' in text
+    assert f'eventpipe_project_over_limit{{limit="rate",project="{limited_id}"}} 1.0' in text
+    assert f'eventpipe_project_over_limit{{limit="backlog",project="{full_id}"}} 1.0' in text
     assert f'eventpipe_project_queued_events{{project="{full_id}"}} 3.0' in text
     assert calm_id not in text
     assert 'eventpipe_projects_over_limit{limit="rate"} 1.0' in text
 
-    data = collect(engine, worker_ctx.queue)
+    # As the CLI would run it, with the API's MAX_QUEUED_EVENTS.
+    queue = make_queue(replace(worker_ctx.settings, max_queued_events=100), worker_ctx.redis)
+    data = collect(engine, queue)
     limited = {x["projectId"]: x for x in data["shares"]["rateLimited"]}
     assert set(limited) == {limited_id} and limited[limited_id]["tokensLeft"] < 1
     queued = {x["projectId"]: x for x in data["shares"]["mostQueued"]}

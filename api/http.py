@@ -60,13 +60,15 @@ def error_response(request: Request, exc: EventpipeError) -> JsonResponse:
     """The envelope of `exc`; its code is noted on the request for the metrics and the log
     line (api/observe.py), which then need not read the body back."""
     request.scope[ERROR_CODE] = exc.code
-    # A rate-limited project's X-RateLimit-* headers go on every answer to its sends.
-    headers = dict(request.scope.get(RATE_HEADERS) or {})
+    headers = None
     if isinstance(exc, RateLimited):
-        headers["Retry-After"] = str(exc.retry_after)
+        headers = {"Retry-After": str(exc.retry_after)}
     elif exc.status == 503:
-        headers["Retry-After"] = str(resources(request).settings.retry_after_seconds)
-    return JsonResponse(exc.to_body(), status_code=exc.status, headers=headers or None)
+        headers = {"Retry-After": str(resources(request).settings.retry_after_seconds)}
+    response = JsonResponse(exc.to_body(), status_code=exc.status, headers=headers)
+    # A rate-limited project's X-RateLimit-* headers go on every answer to its sends.
+    response.raw_headers.extend(request.scope.get(RATE_HEADERS, ()))
+    return response
 
 
 _DIGITS = re.compile(r"[0-9]+")

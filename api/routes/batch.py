@@ -157,7 +157,7 @@ async def send_batch(request: Request) -> Response:
         raise rate_limited(bucket, 1)
     response = await _send_batch(request, project_id, parse_json(raw), guard)
     if bucket is not None:
-        response.headers.update(request.scope.get(RATE_HEADERS) or rate_headers(bucket))
+        response.raw_headers.extend(request.scope.get(RATE_HEADERS) or rate_headers(bucket))
     return response
 
 

@@ -89,7 +89,7 @@ async def send_event(request: Request) -> Response:
         return await _send_event(request, state, project_id, raw, guard)
     await take_tokens(request, state, guard.bucket, 1)
     response = await _send_event(request, state, project_id, raw, guard)
-    response.headers.update(request.scope[RATE_HEADERS])
+    response.raw_headers.extend(request.scope[RATE_HEADERS])
     return response
 
 

@@ -69,6 +69,7 @@ MESSAGES = {
         "A request with this Idempotency-Key is still in progress; retry later"
     ),
     "IDEMPOTENCY_KEY_MISMATCH": "This Idempotency-Key was used with a different request body",
+    "RATE_LIMIT_EXCEEDED": "Rate limit exceeded for this project; retry after 1 s",
 }
 STATUS_TEXT = {
     400: "Bad request",
@@ -77,8 +78,10 @@ STATUS_TEXT = {
     409: "Conflict",
     422: "The request conflicts with an earlier one",
     413: "Body over its size limit (checked while reading, after gzip inflation)",
+    429: "Over the project's rate limit (set per project; none by default)",
     500: "Unexpected failure (a bug, never bad input)",
-    503: "Redis or the store is unreachable, or the backlog is over its limit",
+    503: "Redis or the store is unreachable, or the backlog (or the project's share of it) is "
+    "over its limit",
 }
 
 
@@ -99,14 +102,38 @@ def error_doc(status: int, *codes: str, description: str | None = None) -> Schem
         "description": description or f"{STATUS_TEXT[status]}: {', '.join(codes)}",
         "content": {"application/json": {"schema": schema, "examples": examples}},
     }
-    if status == 503:
+    if status in (503, 429):
         response["headers"] = {
             "Retry-After": {
                 "description": "Seconds to wait before trying again",
                 "schema": {"type": "integer"},
             }
         }
+    if status == 429:
+        response["headers"].update(RATE_LIMIT_HEADERS)
+        example = {"message": MESSAGES["RATE_LIMIT_EXCEEDED"], "code": codes[0], "retryAfter": 1}
+        examples[codes[0]] = {"value": {"success": False, "error": example}}
     return response
+
+
+# On every answer to a send of a rate-limited project (README, "Rate limits and backlog
+# shares"); absent for a project without a rate limit.
+RATE_LIMIT_HEADERS: dict[str, Schema] = {
+    "X-RateLimit-Limit": {
+        "description": "Rate-limited projects: the burst, the requests the bucket holds full",
+        "schema": {"type": "integer"},
+    },
+    "X-RateLimit-Remaining": {
+        "description": "Rate-limited projects: the requests left now (as this API process "
+        "sees the shared bucket)",
+        "schema": {"type": "integer"},
+    },
+    "X-RateLimit-Reset": {
+        "description": "Rate-limited projects: when the bucket is full again (epoch seconds)",
+        "schema": {"type": "integer"},
+    },
+}
+RATE_LIMITED = (429, error_doc(429, "RATE_LIMIT_EXCEEDED"))
 
 
 def query_param(name: str, schema: Schema, description: str) -> Schema:
@@ -329,6 +356,10 @@ ERROR = obj(
             {
                 "message": {"type": "string"},
                 "code": {"type": "string", "pattern": "^[A-Z_]+$"},
+                "retryAfter": {
+                    "type": "integer",
+                    "description": "RATE_LIMIT_EXCEEDED: seconds to wait (as Retry-After)",
+                },
                 "details": {
                     "type": "array",
                     "items": obj(

@@ -2,7 +2,9 @@
 
 The count is the length of the pending-marks hash (one field per event accepted and not yet
 stored or failed; O(1) to read), polled every `backlog_poll_seconds`, plus what this process
-enqueued since the last poll, so a burst between two polls cannot overshoot by much.
+enqueued since the last poll, so a burst between two polls cannot overshoot by much. The same
+round trip reads the projects near their share of the backlog, for the fair shares
+(api/shares.py).
 """
 
 from __future__ import annotations
@@ -13,16 +15,20 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from api.poller import Poller
+from api.shares import MAX_WATCHED, FairShares
 from shared.errors import ServiceUnavailable
-from shared.queue import PENDING_KEY
+from shared.queue import read_backlog
 
 log = logging.getLogger("eventpipe.api")
 
 
 class Backlog:
-    def __init__(self, redis: aioredis.Redis, limit: int, poll_seconds: float) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, limit: int, poll_seconds: float, shares: FairShares
+    ) -> None:
         self._redis = redis
         self._limit = limit
+        self._shares = shares
         self._queued = 0
         self._poller = Poller("backlog", poll_seconds, self._read)
 
@@ -42,8 +48,8 @@ class Backlog:
 
     async def _read(self) -> None:
         try:
-            length = self._redis.hlen(PENDING_KEY)
-            # redis-py types hlen as "int or awaitable" for its sync and async clients.
-            self._queued = int(await length if not isinstance(length, int) else length)
+            queued, heavy = await read_backlog(self._redis, self._shares.watch_from(), MAX_WATCHED)
         except RedisError:
-            pass  # sends will meet the same error and answer 503 themselves
+            return  # sends will meet the same error and answer 503 themselves
+        self._queued = queued
+        self._shares.observe_backlog(heavy)

@@ -32,8 +32,10 @@ class ConfigCache:
         redis: aioredis.Redis,
         poll_seconds: float,
         reload_seconds: float,
+        on_load: Callable[[ConfigSnapshot], None] | None = None,
     ) -> None:
         self._load = load
+        self._on_load = on_load  # told of every snapshot loaded (the fair shares' limits)
         self._redis = redis
         self._max_age = reload_seconds
         self._snapshot: ConfigSnapshot | None = None
@@ -69,6 +71,8 @@ class ConfigCache:
         async with self._loading:
             self._snapshot = await self._load()
             self._loaded_at = time.monotonic()
+            if self._on_load is not None:
+                self._on_load(self._snapshot)
         log.debug(
             "config loaded: %d keys, %d definitions",
             len(self._snapshot.keys),

@@ -19,10 +19,17 @@ from starlette.routing import Route
 
 from api.auth import authenticate
 from api.observe import ERROR_CODE
+from api.shares import RATE_HEADERS
 from api.state import resources
 from shared import jsonio
 from shared.db import transaction
-from shared.errors import EventpipeError, NotFound, PayloadTooLarge, ValidationFailed
+from shared.errors import (
+    EventpipeError,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ValidationFailed,
+)
 from shared.queue import CONFIG_VERSION_KEY
 
 log = logging.getLogger("eventpipe.api")
@@ -53,9 +60,15 @@ def error_response(request: Request, exc: EventpipeError) -> JsonResponse:
     """The envelope of `exc`; its code is noted on the request for the metrics and the log
     line (api/observe.py), which then need not read the body back."""
     request.scope[ERROR_CODE] = exc.code
-    retry_after = resources(request).settings.retry_after_seconds
-    headers = {"Retry-After": str(retry_after)} if exc.status == 503 else None
-    return JsonResponse(exc.to_body(), status_code=exc.status, headers=headers)
+    headers = None
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(exc.retry_after)}
+    elif exc.status == 503:
+        headers = {"Retry-After": str(resources(request).settings.retry_after_seconds)}
+    response = JsonResponse(exc.to_body(), status_code=exc.status, headers=headers)
+    # A rate-limited project's X-RateLimit-* headers go on every answer to its sends.
+    response.raw_headers.extend(request.scope.get(RATE_HEADERS, ()))
+    return response
 
 
 _DIGITS = re.compile(r"[0-9]+")

@@ -22,11 +22,13 @@ from api.committer import GroupCommitter, Linger
 from api.config_cache import ConfigCache
 from api.idempotency import Idempotency
 from api.outcomes import Outcomes
+from api.shares import FairShares
 from shared.db import make_engine, transaction
 from shared.queue import (
     Event,
     JobQueue,
     JobWriter,
+    RateLeaser,
     Record,
     check_durability_support,
     connect_async,
@@ -59,6 +61,7 @@ class Resources:
     idempotency: Idempotency
     backlog: Backlog
     outcomes: Outcomes
+    shares: FairShares  # per-project rate limits and backlog shares
 
 
 def resources(request: Request) -> Resources:
@@ -74,6 +77,12 @@ async def open_resources(settings: Settings, clients: Clients) -> Resources:
     # Refuse to start rather than promise in vain (fsync without WAITAOF, replicated without
     # a replica).
     await check_durability_support(settings, redis_)
+    shares = FairShares(
+        RateLeaser(redis_),
+        settings.max_queued_events,
+        settings.project_backlog_share,
+        settings.rate_limit_lease_seconds,
+    )
     found = Resources(
         settings=settings,
         engine=engine,
@@ -86,23 +95,27 @@ async def open_resources(settings: Settings, clients: Clients) -> Resources:
             redis_,
             settings.config_poll_seconds,
             settings.config_reload_seconds,
+            lambda snapshot: shares.use_limits(snapshot.limits),
         ),
         committer=_committer(settings, JobWriter(queue), redis_),
         idempotency=Idempotency(
             redis_, settings.idempotency_claim_seconds, settings.idempotency_ttl_seconds
         ),
-        backlog=Backlog(redis_, settings.max_queued_events, settings.backlog_poll_seconds),
+        backlog=Backlog(redis_, settings.max_queued_events, settings.backlog_poll_seconds, shares),
         outcomes=Outcomes(clients.async_redis or connect_subscriber(settings)),
+        shares=shares,
     )
     await found.cache.start()
     await found.outcomes.start()
     await found.backlog.start()
+    await found.shares.start()
     return found
 
 
 async def close_resources(found: Resources) -> None:
     # Requests still waiting on a group get their answer before the process exits.
     await found.committer.close()
+    await found.shares.stop()
     await found.backlog.stop()
     await found.cache.stop()
     await found.outcomes.stop()

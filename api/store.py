@@ -3,7 +3,7 @@ the caller owns the transaction (shared.db.transaction)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,6 +15,7 @@ from api.contacts import MAX_CUSTOM_FIELDS
 from api.definitions import Definition, DefinitionSpec
 from api.eventlog import stored_json
 from api.keys import NewKey, generate_key
+from api.limits import ProjectLimits, load_limits
 from shared import errors
 from shared.clock import aware, iso_ms, utcnow
 from shared.errors import Conflict, EventpipeError, NotFound, ValidationFailed
@@ -87,6 +88,8 @@ class ConfigSnapshot:
 
     keys: dict[str, tuple[str, str]]  # key id -> (project id, secret hash), active keys only
     definitions: dict[tuple[str, str], Definition]  # (project id, event name) -> definition
+    # project id -> its fair-share limits, for the projects that have any set
+    limits: dict[str, ProjectLimits] = field(default_factory=dict)
 
 
 def load_snapshot(*, conn: Connection) -> ConfigSnapshot:
@@ -100,7 +103,7 @@ def load_snapshot(*, conn: Connection) -> ConfigSnapshot:
     }
     rows = conn.execute(select(event_definitions).where(event_definitions.c.deleted_at.is_(None)))
     definitions = {(r.project_id, r.event_name): Definition.from_row(r) for r in rows}
-    return ConfigSnapshot(keys, definitions)
+    return ConfigSnapshot(keys, definitions, load_limits(conn=conn))
 
 
 # --- event definitions -------------------------------------------------------------------

@@ -4,6 +4,7 @@ nothing.
 
     .venv/bin/python bench/run.py        # or: make bench
     .venv/bin/python bench/run.py --batch   # only (e), the batch endpoint
+    .venv/bin/python bench/run.py --limits  # only eventpipe's accept path, limits off / on
 
 Needs wrk, PostgreSQL at BENCH_DATABASE_URL (default
 postgresql+psycopg://postgres@127.0.0.1:5432/test; a database of its own is created and
@@ -36,6 +37,7 @@ from bench.batch import (  # noqa: E402
     measure_batch_accept,
     measure_batch_sustained,
 )
+from bench.limits import run_limits  # noqa: E402
 from bench.load import Scripts, find_wrk  # noqa: E402
 from bench.measure import (  # noqa: E402
     drain_eventpipe,
@@ -136,6 +138,16 @@ def run_all(world: World, only_batch: bool = False) -> Results:
     return results
 
 
+def only_limits(world: World) -> int:
+    scripts = Scripts(SEED, world.api_key)
+    try:
+        run_limits(world, scripts, OUT_DIR)
+    finally:
+        scripts.close()
+        stop_all()
+    return 0
+
+
 def on_signal(signum: int, _frame: FrameType | None) -> None:
     # Through every `finally`: processes stopped, database dropped, Redis flushed.
     raise KeyboardInterrupt(signal.Signals(signum).name)
@@ -151,6 +163,8 @@ def main() -> int:
     start = time.monotonic()
     try:
         with open_world() as world:
+            if "--limits" in sys.argv:
+                return only_limits(world)
             results = run_all(world, only_batch="--batch" in sys.argv)
     except KeyboardInterrupt:
         print("\ninterrupted: processes stopped, database dropped, Redis flushed")

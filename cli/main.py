@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from api import limits as limits_mod
 from api import store
 from cli import operations as opscli
 from shared.db import make_engine, transaction
@@ -59,6 +60,24 @@ def _parser() -> argparse.ArgumentParser:
     _json_flag(projects.add_parser("list", help="list projects")).set_defaults(
         handler=projects_list
     )
+
+    limits = projects.add_parser(
+        "limits",
+        help="show or set a project's rate limit and backlog share (every API within a second)",
+    )
+    limits.add_argument("project")
+    limits.add_argument(
+        "--rate", metavar="N/s", help="requests a second (100/s, 6000/min, 5000/h), or off"
+    )
+    limits.add_argument(
+        "--burst", metavar="N", help="requests at once (default: one second of the rate), or off"
+    )
+    limits.add_argument(
+        "--backlog-share",
+        metavar="F",
+        help="fraction of MAX_QUEUED_EVENTS the project may have queued, or default",
+    )
+    _json_flag(limits).set_defaults(handler=projects_limits)
 
     keys = sub.add_parser("keys", help="project API keys").add_subparsers(required=True)
     kcreate = keys.add_parser("create", help="create a key (shown once)")
@@ -166,6 +185,64 @@ def projects_create(args: argparse.Namespace, settings: Settings) -> int:
 def projects_list(args: argparse.Namespace, settings: Settings) -> int:
     rows = _in_transaction(settings, store.list_projects)
     return _print(args, rows, lambda rs: "\n".join(f"{r['id']}  {r['name']}" for r in rs))
+
+
+def projects_limits(args: argparse.Namespace, settings: Settings) -> int:
+    def change(conn: Any) -> tuple[limits_mod.ProjectLimits, bool]:
+        found = limits_mod.get_limits(args.project, conn=conn)
+        wanted = _changed_limits(found, args)
+        if wanted != found:
+            limits_mod.set_limits(args.project, wanted, conn=conn)
+        return wanted, wanted != found
+
+    limits, changed = _in_transaction(settings, change)
+    if changed:
+        _announce(settings)
+    data = limits_mod.limits_view(
+        args.project, limits, settings.max_queued_events, settings.project_backlog_share
+    )
+    return _print(args, data, _describe_limits)
+
+
+def _changed_limits(
+    found: limits_mod.ProjectLimits, args: argparse.Namespace
+) -> limits_mod.ProjectLimits:
+    """The limits with the flags given applied; `off` or `default` puts one back."""
+    rate, burst, share = found.rate, found.burst, found.backlog_share
+    if args.rate is not None:
+        rate = None if args.rate == "off" else limits_mod.parse_rate(args.rate)
+        burst = None if rate is None else burst
+    if args.burst is not None:
+        burst = None if args.burst == "off" else _integer(args.burst, "--burst")
+        if burst is not None and rate is None:
+            raise EventpipeError("--burst needs a rate (--rate 100/s)")
+        burst = burst if burst is None else limits_mod.check_burst(burst)
+    if args.backlog_share is not None:
+        default = args.backlog_share == "default"
+        share = None if default else limits_mod.check_share(_number(args.backlog_share))
+    return limits_mod.ProjectLimits(rate, burst, share)
+
+
+def _integer(text: str, flag: str) -> int:
+    if not text.isdigit() or len(text) > 12:
+        raise EventpipeError(f"{flag} must be a whole number, or off")
+    return int(text)
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise EventpipeError(f"{text[:40]!r} is not a number") from exc
+
+
+def _describe_limits(d: dict[str, Any]) -> str:
+    rate = f"{d['rate']}, burst {d['burst']}" if d["rate"] else "no rate limit"
+    default = " (the default)" if d["backlogShareIsDefault"] else ""
+    return (
+        f"project {d['projectId']}: {rate}; backlog share {d['backlogShare']:g}{default},"
+        f" {d['backlogLimit']} events"
+    )
 
 
 def keys_create(args: argparse.Namespace, settings: Settings) -> int:

@@ -4,6 +4,7 @@ and PostgreSQL (failed events held for replay). Either one down is reported, not
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from typing import Any
@@ -15,16 +16,21 @@ from sqlalchemy import exc as sa_exc
 from shared.clock import iso_ms, utcnow
 from shared.db import transaction
 from shared.errors import StoreUnavailable
-from shared.models import failed_events
+from shared.models import failed_events, project_limits
 from shared.queue import (
     ACCEPTED_KEY,
     FAILED_KEY,
     STORED_KEY,
     JobQueue,
     queue_figures,
+    rate_bucket_levels,
     read_rates,
+    top_queued,
     workers,
 )
+
+# `eventpipe stats` lists this many of the projects with the most events queued.
+TOP_PROJECTS = 5
 
 
 def collect(engine: Engine, queue: JobQueue) -> dict[str, Any]:
@@ -34,7 +40,37 @@ def collect(engine: Engine, queue: JobQueue) -> dict[str, Any]:
     except redis.RedisError as exc:
         data["redis"] = {"reachable": False, "error": str(exc)}
     data["store"] = store_stats(engine)
+    try:
+        data["shares"] = share_stats(engine, queue)
+    except (redis.RedisError, StoreUnavailable, sa_exc.SQLAlchemyError):
+        data["shares"] = None  # the section above says which one is down
     return data
+
+
+def share_stats(engine: Engine, queue: JobQueue) -> dict[str, Any]:
+    """Fair shares: the projects with the most events queued against their share, and the
+    rate-limited projects with the tokens their shared bucket holds now."""
+    settings = queue.settings
+    with transaction(engine) as conn:
+        rows = conn.execute(select(project_limits)).all()
+    shares = {r.project_id: r.backlog_share for r in rows if r.backlog_share is not None}
+    # The burst's default as api/limits.py has it: one second of the rate, at least 1.
+    rates = {
+        r.project_id: (r.rate_per_second, r.burst or max(1, math.ceil(r.rate_per_second)))
+        for r in rows
+        if r.rate_per_second is not None
+    }
+    levels = rate_bucket_levels(queue.connection, rates)
+    queued = []
+    for project_id, n in top_queued(queue.connection, TOP_PROJECTS).items():
+        share = shares.get(project_id, settings.project_backlog_share)
+        limit = max(1, math.floor(settings.max_queued_events * share))
+        queued.append({"projectId": project_id, "queued": n, "backlogLimit": limit})
+    limited = [
+        {"projectId": p, "ratePerSecond": rate, "burst": burst, "tokensLeft": round(levels[p], 1)}
+        for p, (rate, burst) in sorted(rates.items())
+    ]
+    return {"mostQueued": queued, "rateLimited": limited}
 
 
 def redis_stats(queue: JobQueue) -> dict[str, Any]:
@@ -126,6 +162,8 @@ def describe_stats(data: dict[str, Any]) -> str:
             f"workers alive: {len(data['workers'])}",
         ]
         lines += [_worker_line(w) for w in data["workers"]]
+    if data.get("shares"):
+        lines += _share_lines(data["shares"])
     store = data["store"]
     if store["reachable"]:
         held = ", ".join(f"{c} {n}" for c, n in sorted(store["failedHeld"].items())) or "none"
@@ -133,6 +171,33 @@ def describe_stats(data: dict[str, Any]) -> str:
     else:
         lines.append(f"store: UNREACHABLE ({store['error']})")
     return "\n".join(lines)
+
+
+def _share_lines(shares: dict[str, Any]) -> list[str]:
+    most = [
+        f"{q['projectId']} {q['queued']} of {q['backlogLimit']}"
+        + (" (AT ITS SHARE: its sends get 503)" if q["queued"] >= q["backlogLimit"] else "")
+        for q in shares["mostQueued"]
+    ]
+    lines = ["most queued by project: " + ("; ".join(most) or "none")]
+    limited = shares["rateLimited"]
+    lines.append(f"rate-limited projects: {len(limited)}")
+    lines += [
+        f"  {r['projectId']}: {_rate_text(r['ratePerSecond'])}, burst {r['burst']},"
+        f" {r['tokensLeft']:g} tokens left"
+        + (" (AT ITS LIMIT: its sends get 429)" if r["tokensLeft"] < 1 else "")
+        for r in limited
+    ]
+    return lines
+
+
+def _rate_text(rate: float) -> str:
+    """As the limits are written (api/limits.py): 100/s, 30/min, 1/h."""
+    if rate >= 1:
+        return f"{round(rate, 6):g}/s"
+    if rate * 60 >= 1:
+        return f"{round(rate * 60, 6):g}/min"
+    return f"{round(rate * 3600, 6):g}/h"
 
 
 def _mb(n: int) -> str:

@@ -95,6 +95,34 @@ class ServiceUnavailable(EventpipeError):
     retryable = True
 
 
+class RateLimited(EventpipeError):
+    """Over the project's rate limit (contract: 429 RATE_LIMIT_EXCEEDED, `retryAfter` seconds
+    in the error object and a Retry-After header)."""
+
+    status = 429
+    code = "RATE_LIMIT_EXCEEDED"
+    retryable = True
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"Rate limit exceeded for this project; retry after {retry_after} s")
+        self.retry_after = retry_after
+
+    def to_body(self) -> dict[str, Any]:
+        body = super().to_body()
+        body["error"]["retryAfter"] = self.retry_after
+        return body
+
+
+class ProjectBacklogFull(ServiceUnavailable):
+    """The project has its share of the backlog queued: its own sends wait, others go on."""
+
+    def __init__(self, queued: int, limit: int) -> None:
+        super().__init__(
+            f"This project has too many events queued ({queued} of its share of {limit}); "
+            "retry later"
+        )
+
+
 class QueueUnavailable(ServiceUnavailable):
     def __init__(self, message: str = "The event queue is unavailable, retry later") -> None:
         super().__init__(message)

@@ -7,6 +7,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Identity,
     Index,
@@ -45,6 +46,23 @@ projects = Table(
     _id(),
     Column("name", String(200), nullable=False),
     _ts("created_at"),
+)
+
+# A project's fair-share limits (README, "Rate limits and backlog shares"); no row, or a null
+# column, means the default: no rate limit, the PROJECT_BACKLOG_SHARE setting.
+project_limits = Table(
+    "project_limits",
+    metadata,
+    Column(
+        "project_id",
+        String(24),
+        ForeignKey("projects.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("rate_per_second", Float, nullable=True),
+    Column("burst", Integer, nullable=True),
+    Column("backlog_share", Float, nullable=True),
+    _ts("updated_at"),
 )
 
 api_keys = Table(

@@ -55,6 +55,12 @@ class Settings:
     # Backpressure: past this many queued events, sends answer 503 instead of filling Redis.
     max_queued_events: int = 1_000_000
     backlog_poll_seconds: float = 0.1
+    # Fair shares (README, "Rate limits and backlog shares"): a project past this fraction of
+    # max_queued_events gets 503 for its own sends (per project: `eventpipe projects limits`).
+    project_backlog_share: float = 0.5
+    # Rate limits: how often each API process leases tokens for its local buckets from the
+    # shared ones in Redis, and how many seconds of a project's rate it holds at most.
+    rate_limit_lease_seconds: float = 0.1
     job_timeout: int = 60
     result_ttl: int = 60
     failure_ttl: int = 30 * 24 * 3600
@@ -130,6 +136,8 @@ ENV_NAMES: dict[str, str] = {
     "GROUP_MAX_BYTES": "group_max_bytes",
     "MAX_QUEUED_EVENTS": "max_queued_events",
     "BACKLOG_POLL_SECONDS": "backlog_poll_seconds",
+    "PROJECT_BACKLOG_SHARE": "project_backlog_share",
+    "RATE_LIMIT_LEASE_SECONDS": "rate_limit_lease_seconds",
     "JOB_TIMEOUT": "job_timeout",
     "RESULT_TTL": "result_ttl",
     "FAILURE_TTL": "failure_ttl",
@@ -201,6 +209,10 @@ def _check_choices(values: dict[str, Any]) -> None:
     sentinel_addresses(values.get("redis_sentinels", ""))  # raises on a malformed list
     if values.get("console_session_seconds", 1) < 1:
         raise ValueError("CONSOLE_SESSION_SECONDS must be at least 1")
+    if not 0 < values.get("project_backlog_share", 0.5) <= 1:
+        raise ValueError("PROJECT_BACKLOG_SHARE must be a fraction above 0, at most 1")
+    if not 0.01 <= values.get("rate_limit_lease_seconds", 0.1) <= 1:
+        raise ValueError("RATE_LIMIT_LEASE_SECONDS must be from 0.01 to 1")
     token = values.get("operator_token", "")
     # A short token could be guessed over the network; refuse it rather than run with it.
     if token and len(token) < MIN_OPERATOR_TOKEN:

@@ -15,7 +15,6 @@ from shared.queue import (
     FAILED_KEY,
     GROUP,
     OUTCOMES_CHANNEL,
-    PENDING_KEY,
     STORED_KEY,
     Event,
     JobWriter,
@@ -23,6 +22,7 @@ from shared.queue import (
     add_failed_event,
     claim_jobs,
     claimed_events,
+    drop_pending,
     fail_running_job,
     finish_claimed,
     read_payload,
@@ -121,7 +121,7 @@ def _finish(
     jobs and count the outcome for `eventpipe stats` and the console (its charts and tail)."""
     tail = tail_has_room(ctx.redis)  # (an INFO every few seconds at most)
     with ctx.redis.pipeline(transaction=True) as pipe:
-        pipe.hdel(PENDING_KEY, *[e["id"] for e in batch])
+        drop_pending(pipe, batch)  # and the projects' queued counts (fair shares)
         if outcome.left:
             JobWriter(ctx.queue).add_split(pipe, outcome.left, outcome.timeouts)
         finish_claimed(ctx.queue, pipe, job.worker_name, claimed)

@@ -18,18 +18,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api.apidoc import OPERATIONS, error_doc, obj, ok_doc, op, query_param
+from api import limits as limits_mod
+from api.apidoc import OPERATIONS, error_doc, obj, ok_doc, op, path_param, query_param
 from api.http import (
+    announce_config_change,
     check_declared_size,
     in_transaction,
     json_object,
     ok,
     parse_json,
     read_body,
+    route,
 )
 from api.state import resources
 from ops import failed as failed_mod
-from shared.errors import QueueUnavailable, Unauthorized, ValidationFailed
+from shared.errors import NotFound, QueueUnavailable, Unauthorized, ValidationFailed
+from shared.ids import is_id
 from shared.settings import MAX_BODY_BYTES, Settings
 
 # A replay request waits at most this long for the workers' outcome before answering.
@@ -167,9 +171,77 @@ def _run_replay(
     return summary.to_json()
 
 
+# --- /v1/admin/projects/{projectId}/limits --------------------------------------------------
+
+
+def _limited_project(request: Request) -> str:
+    check_operator(request)
+    project_id: str = request.path_params["project_id"]
+    if not is_id(project_id):
+        raise NotFound(f"Project {project_id[:40]} not found")
+    return project_id
+
+
+def _limits_answer(request: Request, project_id: str, limits: limits_mod.ProjectLimits) -> Response:
+    settings = resources(request).settings
+    view = limits_mod.limits_view(
+        project_id, limits, settings.max_queued_events, settings.project_backlog_share
+    )
+    return ok(view)
+
+
+async def get_limits(request: Request) -> Response:
+    project_id = _limited_project(request)
+    found = await in_transaction(request, lambda conn: limits_mod.get_limits(project_id, conn=conn))
+    return _limits_answer(request, project_id, found)
+
+
+async def put_limits(request: Request) -> Response:
+    check_declared_size(request, MAX_BODY_BYTES)
+    project_id = _limited_project(request)
+    body = json_object(parse_json(await read_body(request, MAX_BODY_BYTES)))
+    wanted = limits_from(body)
+    await _save_limits(request, project_id, wanted)
+    return _limits_answer(request, project_id, wanted)
+
+
+async def delete_limits(request: Request) -> Response:
+    project_id = _limited_project(request)
+    await _save_limits(request, project_id, limits_mod.NO_LIMITS)
+    return _limits_answer(request, project_id, limits_mod.NO_LIMITS)
+
+
+async def _save_limits(request: Request, project_id: str, limits: limits_mod.ProjectLimits) -> None:
+    await in_transaction(request, lambda conn: limits_mod.set_limits(project_id, limits, conn=conn))
+    await announce_config_change(request)  # every API process within a second
+
+
+def limits_from(body: dict[str, Any]) -> limits_mod.ProjectLimits:
+    """A PUT body: `rate` ("100/s", or a number per second), `burst`, `backlogShare`; null
+    or absent: the default (no rate limit; PROJECT_BACKLOG_SHARE)."""
+    rate, burst, share = body.get("rate"), body.get("burst"), body.get("backlogShare")
+    if isinstance(rate, str):
+        rate = limits_mod.parse_rate(rate)
+    elif rate is not None:
+        rate = limits_mod.check_rate(rate)
+    if burst is not None:
+        if rate is None:
+            raise ValidationFailed("burst needs a rate")
+        burst = limits_mod.check_burst(burst)
+    if share is not None:
+        share = limits_mod.check_share(share)
+    return limits_mod.ProjectLimits(rate, burst, share)
+
+
 ROUTES = [
     Route("/v1/admin/failed", list_failed, methods=["GET"]),
     Route("/v1/admin/replay", replay, methods=["POST"]),
+    route(
+        "/v1/admin/projects/{project_id}/limits",
+        GET=get_limits,
+        PUT=put_limits,
+        DELETE=delete_limits,
+    ),
 ]
 
 
@@ -294,6 +366,85 @@ OPENAPI_PATHS: dict[str, Any] = {
             },
         )
     },
+}
+_LIMITS = {
+    "type": "object",
+    "properties": {
+        "projectId": {"type": "string"},
+        "rate": {"type": ["string", "null"], "description": "e.g. `100/s`; null: no limit"},
+        "ratePerSecond": {"type": ["number", "null"]},
+        "burst": {"type": ["integer", "null"], "description": "null without a rate"},
+        "backlogShare": {"type": "number"},
+        "backlogShareIsDefault": {"type": "boolean"},
+        "backlogLimit": {
+            "type": "integer",
+            "description": "Events the project may have queued: backlogShare x MAX_QUEUED_EVENTS",
+        },
+    },
+}
+_LIMITS_EXAMPLE = {
+    "projectId": "60d5ec49f1b2c72d9c8b0001",
+    "rate": "100/s",
+    "ratePerSecond": 100.0,
+    "burst": 200,
+    "backlogShare": 0.2,
+    "backlogShareIsDefault": False,
+    "backlogLimit": 200000,
+}
+_LIMITS_ERRORS = {
+    **_ADMIN_ERRORS,
+    "404": error_doc(404, "NOT_FOUND", description="No such project"),
+}
+OPENAPI_PATHS["/v1/admin/projects/{projectId}/limits"] = {
+    "parameters": [path_param("projectId", {"type": "string"}, "The project's id")],
+    "get": op(
+        "A project's rate limit and backlog share",
+        OPERATIONS,
+        {"200": ok_doc("The limits", _LIMITS, _LIMITS_EXAMPLE), **_LIMITS_ERRORS},
+        security=_SECURITY,
+    ),
+    "put": op(
+        "Set a project's rate limit and backlog share (every API process within a second)",
+        OPERATIONS,
+        {"200": ok_doc("The limits now", _LIMITS, _LIMITS_EXAMPLE), **_LIMITS_ERRORS},
+        security=_SECURITY,
+        requestBody={
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": obj(
+                        {
+                            "rate": {
+                                "type": ["string", "number", "null"],
+                                "description": "`N/s`, `N/min`, `N/h`, or a number per "
+                                "second; null or absent: no rate limit",
+                            },
+                            "burst": {
+                                "type": ["integer", "null"],
+                                "minimum": 1,
+                                "description": "Requests at once (default: one second of the "
+                                "rate); needs a rate",
+                            },
+                            "backlogShare": {
+                                "type": ["number", "null"],
+                                "exclusiveMinimum": 0,
+                                "maximum": 1,
+                                "description": "Fraction of MAX_QUEUED_EVENTS; null or "
+                                "absent: PROJECT_BACKLOG_SHARE",
+                            },
+                        }
+                    ),
+                    "example": {"rate": "100/s", "burst": 200, "backlogShare": 0.2},
+                }
+            },
+        },
+    ),
+    "delete": op(
+        "Back to the defaults: no rate limit, PROJECT_BACKLOG_SHARE",
+        OPERATIONS,
+        {"200": ok_doc("The limits now", _LIMITS), **_LIMITS_ERRORS},
+        security=_SECURITY,
+    ),
 }
 # The security scheme these paths name, for the published document's components.
 SECURITY_SCHEMES: dict[str, Any] = {

@@ -29,6 +29,8 @@ from api.apidoc import (
     BATCH_EXAMPLE,
     BATCH_RESULT,
     IDEMPOTENCY_KEY,
+    RATE_LIMIT_HEADERS,
+    RATE_LIMITED,
     REPLAYED,
     SEND_EXAMPLE,
     SENDING,
@@ -41,10 +43,18 @@ from api.apidoc import (
     op,
     ref,
 )
-from api.http import JsonResponse, ok, read_authenticated
+from api.http import (
+    JsonResponse,
+    authenticated,
+    check_declared_size,
+    ok,
+    parse_json,
+    read_body,
+)
 from api.idempotency import Answer, BatchClaim, Claim, Receipt, check_key, fingerprint
-from api.routes.send import enqueue
+from api.routes.send import enqueue, take_tokens
 from api.schema import FindDefinition, check_send
+from api.shares import RATE_HEADERS, Bucket, Guard, rate_headers, rate_limited, refuses_now
 from api.state import Resources, resources
 from shared.errors import EventpipeError, ValidationFailed, idempotency_key_mismatch
 from shared.queue import Event
@@ -137,27 +147,50 @@ class Plan:
 
 async def send_batch(request: Request) -> Response:
     state = resources(request)
-    project_id, body = await read_authenticated(request, MAX_BATCH_BODY_BYTES)
+    check_declared_size(request, MAX_BATCH_BODY_BYTES)
+    project_id = authenticated(request)
+    raw = await read_body(request, MAX_BATCH_BODY_BYTES)
+    guard = state.shares.guards.get(project_id)
+    bucket = guard.bucket if guard is not None else None
+    if bucket is not None and refuses_now(bucket):  # the contract's order: 429 before JSON
+        request.scope[RATE_HEADERS] = rate_headers(bucket)
+        raise rate_limited(bucket, 1)
+    response = await _send_batch(request, project_id, parse_json(raw), guard)
+    if bucket is not None:
+        response.raw_headers.extend(request.scope.get(RATE_HEADERS) or rate_headers(bucket))
+    return response
+
+
+async def _send_batch(
+    request: Request, project_id: str, body: Any, guard: Guard | None
+) -> Response:
+    state = resources(request)
     items = _items(body)
     key = request.headers.get(idempotency.HEADER)
     if key is None:
-        return await _send_items(request, project_id, items, None)
+        return await _send_items(request, project_id, items, None, guard)
     held = await state.idempotency.claim_batch(project_id, key, body)
     if not isinstance(held, BatchClaim):
         return Receipts.replayed(held)
     try:
-        return await _send_items(request, project_id, items, held)
+        return await _send_items(request, project_id, items, held, guard)
     except BaseException:
         await state.idempotency.release_batch(held)
         raise
 
 
 async def _send_items(
-    request: Request, project_id: str, items: list[Any], batch: BatchClaim | None
+    request: Request,
+    project_id: str,
+    items: list[Any],
+    batch: BatchClaim | None,
+    guard: Guard | None,
 ) -> Response:
     state = resources(request)
     receipts = Receipts(len(items))
     plan = _check_items(items, project_id, state.cache.definition_finder(project_id), receipts)
+    if guard is not None and guard.bucket is not None:
+        await _take_tokens(request, state, guard.bucket, plan, receipts)
     accepted = list(plan.plain)
     claims: list[Claim] = []
     if plan.keyed:
@@ -182,11 +215,35 @@ async def _send_items(
     if accepted:
         events = [event for _, event in accepted]
         await enqueue(
-            state, len(events), claims, lambda r: state.committer.submit_batch(events, r + extra)
+            state,
+            len(events),
+            claims,
+            lambda r: state.committer.submit_batch(events, r + extra),
+            guard,
         )
     elif batch is not None:
         await _answer_without_job(state, batch, receipts)
     return receipts.answer()
+
+
+async def _take_tokens(
+    request: Request, state: Resources, bucket: Bucket, plan: Plan, receipts: Receipts
+) -> None:
+    """A token for each item that passed its checks, in request order: the items beyond the
+    tokens left are rejected RATE_LIMIT_EXCEEDED (and a later item of their key with them);
+    none left at all is a 429 for the whole batch."""
+    wanted = sorted([index for index, _ in plan.plain] + [k[0] for k in plan.keyed])
+    if not wanted:
+        return
+    taken = await take_tokens(request, state, bucket, len(wanted), partial=True)
+    refused = set(wanted[taken:])
+    if not refused:
+        return
+    error = rate_limited(bucket, 1)
+    for index in sorted(refused):
+        receipts.rejected(index, error)
+    plan.plain = [item for item in plan.plain if item[0] not in refused]
+    plan.keyed = [item for item in plan.keyed if item[0] not in refused]
 
 
 async def _answer_without_job(state: Resources, batch: BatchClaim, receipts: Receipts) -> None:
@@ -254,8 +311,9 @@ OPENAPI_PATHS: dict[str, Schema] = {
                         BATCH_RESULT,
                         BATCH_EXAMPLE,
                     )
-                    | {"headers": {"Idempotent-Replayed": REPLAYED}},
+                    | {"headers": {"Idempotent-Replayed": REPLAYED, **RATE_LIMIT_HEADERS}},
                 ),
+                RATE_LIMITED,
                 (409, error_doc(409, "IDEMPOTENCY_KEY_IN_USE")),
                 (422, error_doc(422, "IDEMPOTENCY_KEY_MISMATCH")),
                 (

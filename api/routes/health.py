@@ -7,6 +7,7 @@ outage must not take the API out of a load balancer (stats and metrics report th
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,10 +19,11 @@ from starlette.routing import Route
 
 from api.apidoc import OPERATIONS, error_doc, ok_doc, op
 from api.http import error_response, ok
+from api.shares import MAX_WATCHED
 from api.state import resources
 from shared.errors import ServiceUnavailable
 from shared.metrics import registry
-from shared.queue import queue_figures_async
+from shared.queue import queue_figures_async, rate_bucket_levels_async, read_backlog
 
 
 async def healthz(request: Request) -> Response:
@@ -48,8 +50,50 @@ async def metrics(request: Request) -> Response:
         figures = {"redis_up": 1.0, **await _queue_figures(request)}
     except RedisError:
         figures = {"redis_up": 0.0}  # the process metrics are still worth a scrape
-    text += generate_latest(_QueueCollector(figures))
+    families = [GaugeMetricFamily(f"eventpipe_{n}", _HELP[n], value=v) for n, v in figures.items()]
+    if figures["redis_up"]:
+        with contextlib.suppress(RedisError):
+            families += await _project_families(request)
+    text += generate_latest(_Collector(families))
     return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+
+async def _project_families(request: Request) -> list[GaugeMetricFamily]:
+    """Fair shares, from Redis: a `project` label only for the projects over a limit now
+    (their shared rate bucket under one token, or their queued events at their share), so
+    the label set stays as small as the trouble."""
+    shares = resources(request).shares
+    connection = resources(request).redis
+    rates = {p: (limit.rate, limit.burst) for p, limit in shares.rate_limits().items()}
+    levels = await rate_bucket_levels_async(connection, rates)
+    _, heavy = await read_backlog(connection, shares.watch_from(), MAX_WATCHED)
+    over_rate = sorted(p for p, level in levels.items() if level < 1)
+    over_share = {p: n for p, n in sorted(heavy.items()) if n >= shares.backlog_limit(p)}
+    over = GaugeMetricFamily(
+        "eventpipe_project_over_limit",
+        "1 for each project over a limit now: rate (its shared token bucket is empty: 429) "
+        "or backlog (its queued events reach its share: 503)",
+        labels=["project", "limit"],
+    )
+    for project_id in over_rate:
+        over.add_metric([project_id, "rate"], 1.0)
+    queued = GaugeMetricFamily(
+        "eventpipe_project_queued_events",
+        "Queued events of each project at its backlog share",
+        labels=["project"],
+    )
+    for project_id, n in over_share.items():
+        over.add_metric([project_id, "backlog"], 1.0)
+        queued.add_metric([project_id], float(n))
+    counts = GaugeMetricFamily(
+        "eventpipe_projects_over_limit", "Projects over a limit now", labels=["limit"]
+    )
+    counts.add_metric(["rate"], float(len(over_rate)))
+    counts.add_metric(["backlog"], float(len(over_share)))
+    limited = GaugeMetricFamily(
+        "eventpipe_projects_rate_limited", "Projects with a rate limit", value=float(len(rates))
+    )
+    return [over, queued, counts, limited]
 
 
 async def _queue_figures(request: Request) -> dict[str, float]:
@@ -88,15 +132,12 @@ _HELP = {
 }
 
 
-class _QueueCollector:
-    def __init__(self, figures: dict[str, float]) -> None:
-        self._figures = figures
+class _Collector:
+    def __init__(self, families: list[GaugeMetricFamily]) -> None:
+        self._families = families
 
     def collect(self) -> list[GaugeMetricFamily]:
-        return [
-            GaugeMetricFamily(f"eventpipe_{name}", _HELP[name], value=value)
-            for name, value in self._figures.items()
-        ]
+        return self._families
 
 
 ROUTES = [

@@ -22,6 +22,8 @@ from api.apidoc import (
     ID,
     IDEMPOTENCY_KEY,
     PREFER,
+    RATE_LIMIT_HEADERS,
+    RATE_LIMITED,
     REPLAYED,
     SEND_BODY,
     SEND_EXAMPLE,
@@ -50,6 +52,7 @@ from api.idempotency import Answer, Claim
 from api.observe import EVENT_ID, SEND_PATH
 from api.outcomes import Outcome, parse_prefer_wait
 from api.schema import check_send
+from api.shares import RATE_HEADERS, Bucket, Guard, rate_headers, rate_limited
 from api.state import Resources, resources
 from shared.db import delete_failed, transaction
 from shared.errors import (
@@ -81,6 +84,32 @@ async def send_event(request: Request) -> Response:
     check_declared_size(request, MAX_SEND_BODY_BYTES)
     project_id = authenticated(request)
     raw = await read_body(request, MAX_SEND_BODY_BYTES)
+    guard = state.shares.guards.get(project_id)  # None: no limit near (the common case)
+    if guard is None or guard.bucket is None:
+        return await _send_event(request, state, project_id, raw, guard)
+    await take_tokens(request, state, guard.bucket, 1)
+    response = await _send_event(request, state, project_id, raw, guard)
+    response.raw_headers.extend(request.scope[RATE_HEADERS])
+    return response
+
+
+async def take_tokens(
+    request: Request, state: Resources, bucket: Bucket, n: int, partial: bool = False
+) -> int:
+    """Spend `n` of the project's tokens (`partial`: as many of them as are left, at least
+    one), noting its X-RateLimit-* headers for the answer; 429 when none can be spent."""
+    taken = bucket.spend(n, partial)
+    if taken != n:  # short here: a lease round (no coroutine at all in the common case)
+        taken = await state.shares.take_more(bucket, n, partial, taken)
+    request.scope[RATE_HEADERS] = rate_headers(bucket)
+    if not taken:
+        raise rate_limited(bucket, 1 if partial else n)
+    return taken
+
+
+async def _send_event(
+    request: Request, state: Resources, project_id: str, raw: bytes, guard: Guard | None
+) -> Response:
     body = parse_json(raw)
     event = check_send(body, project_id, state.cache.definition_finder(project_id))
     request.scope[EVENT_ID] = event["id"]
@@ -96,11 +125,11 @@ async def send_event(request: Request) -> Response:
         claim = held
     claims = [claim] if claim else []
     if not wait:
-        await enqueue(state, 1, claims, lambda r: state.committer.submit(event, len(raw), r))
+        await enqueue(state, 1, claims, lambda r: state.committer.submit(event, len(raw), r), guard)
         return _accepted(event)
     event["wait"] = True  # the worker publishes this event's outcome
     with state.outcomes.expect(event["id"]) as outcome:
-        await enqueue(state, 1, claims, lambda r: state.committer.submit(event, len(raw), r))
+        await enqueue(state, 1, claims, lambda r: state.committer.submit(event, len(raw), r), guard)
         response = await _when_done(request, event, outcome, wait, claim)
     response.headers["Preference-Applied"] = f"wait={wait}"
     return response
@@ -111,14 +140,18 @@ async def enqueue(
     count: int,
     claims: list[Claim],
     write: Callable[[list[Record]], Awaitable[None]],
+    guard: Guard | None = None,
 ) -> None:
     """Put `count` accepted events in Redis through `write`, with their keys' answers in the
-    same MULTI/EXEC; past the backlog limit, or if the write fails for any reason (a
-    cancelled request included), free the keys and raise. A key the write did answer is not
-    freed: the release frees only a key still holding this request's claim."""
+    same MULTI/EXEC; past the backlog limit or the project's share of it (`guard`), or if
+    the write fails for any reason (a cancelled request included), free the keys and raise.
+    A key the write did answer is not freed: the release frees only a key still holding
+    this request's claim."""
     records = [claim.answered(202, state.idempotency.ttl_seconds) for claim in claims]
     try:
         state.backlog.check()
+        if guard is not None:
+            guard.check_backlog(count)
         state.backlog.added(count)
         await write(records)
     except BaseException:
@@ -259,7 +292,13 @@ OPENAPI_PATHS: dict[str, Schema] = {
                         ref("Event"),
                         {**STORED_EXAMPLE, "contactId": None, "status": "queued"},
                     )
-                    | {"headers": {"Idempotent-Replayed": REPLAYED, "Preference-Applied": APPLIED}},
+                    | {
+                        "headers": {
+                            "Idempotent-Replayed": REPLAYED,
+                            "Preference-Applied": APPLIED,
+                            **RATE_LIMIT_HEADERS,
+                        }
+                    },
                 ),
                 (
                     400,
@@ -278,7 +317,13 @@ OPENAPI_PATHS: dict[str, Schema] = {
                         STORED_RECORD,
                         {k: v for k, v in STORED_EXAMPLE.items() if k != "status"},
                     )
-                    | {"headers": {"Preference-Applied": APPLIED, "Idempotent-Replayed": REPLAYED}},
+                    | {
+                        "headers": {
+                            "Preference-Applied": APPLIED,
+                            "Idempotent-Replayed": REPLAYED,
+                            **RATE_LIMIT_HEADERS,
+                        }
+                    },
                 ),
                 (
                     404,
@@ -288,6 +333,7 @@ OPENAPI_PATHS: dict[str, Schema] = {
                         "CONTACT_NOT_FOUND_FOR_EVENT: no such contact, nothing recorded",
                     },
                 ),
+                RATE_LIMITED,
                 (409, error_doc(409, "IDEMPOTENCY_KEY_IN_USE")),
                 (422, error_doc(422, "IDEMPOTENCY_KEY_MISMATCH")),
             ),

@@ -14,6 +14,8 @@ redis-py internal (tests/unit/test_queue_boundary.py checks it). What it owns:
 - guard.py: only eventpipe's jobs run (anything else in the queue failed unrun);
 - claims.py: group jobs claimed by a running job as RQ started work, renewed, finished,
   given back;
+- shares.py: fair shares: the queued events of each project, moved with the pending marks,
+  and the rate-limited projects' shared token buckets;
 - registries.py: failed events, replay's requeue, the queue's figures, one job's payload,
   the running job;
 - activity.py: the console's events-a-second counters, live tail stream, replay progress
@@ -74,6 +76,7 @@ from shared.queue.keys import (
     FAILED_KEY,
     OUTCOMES_CHANNEL,
     PENDING_KEY,
+    PROJECT_QUEUED_KEY,
     STORED_KEY,
 )
 from shared.queue.payload import (
@@ -101,6 +104,15 @@ from shared.queue.registries import (
     workers,
 )
 from shared.queue.replicas import check_durability_support, check_replicas
+from shared.queue.shares import (
+    Lease,
+    RateLeaser,
+    drop_pending,
+    rate_bucket_levels,
+    rate_bucket_levels_async,
+    read_backlog,
+    top_queued,
+)
 
 __all__ = [
     "ACCEPTED_KEY",
@@ -111,6 +123,7 @@ __all__ = [
     "JOB_FUNC",
     "OUTCOMES_CHANNEL",
     "PENDING_KEY",
+    "PROJECT_QUEUED_KEY",
     "PROTOCOL",
     "REPLAY",
     "SPLIT",
@@ -119,8 +132,10 @@ __all__ = [
     "GroupWrite",
     "JobQueue",
     "JobWriter",
+    "Lease",
     "Payload",
     "QueueFigures",
+    "RateLeaser",
     "Record",
     "ReplayQueue",
     "RunningJob",
@@ -138,6 +153,7 @@ __all__ = [
     "connect_redis",
     "connect_subscriber",
     "count_attempt",
+    "drop_pending",
     "enqueue_events",
     "enqueue_events_async",
     "enqueue_events_fsync",
@@ -154,6 +170,9 @@ __all__ = [
     "queue_figures_async",
     "queued_payload",
     "queued_seconds",
+    "rate_bucket_levels",
+    "rate_bucket_levels_async",
+    "read_backlog",
     "read_payload",
     "redis_outage",
     "read_rates",
@@ -167,5 +186,6 @@ __all__ = [
     "tail_has_room",
     "tail_last_id",
     "tail_latest",
+    "top_queued",
     "workers",
 ]

@@ -23,6 +23,7 @@ from shared.queue.activity import ACCEPTED, count_rate
 from shared.queue.connect import PROTOCOL, JobQueue
 from shared.queue.keys import ACCEPTED_KEY, PENDING_KEY
 from shared.queue.payload import EVENT, GROUP, REPLAY, SPLIT, Event, make_payload
+from shared.queue.shares import count_queued
 from shared.settings import Settings
 
 JOB_FUNC = "worker.jobs.store_events"
@@ -118,6 +119,7 @@ class JobWriter:
         pipe.hset(keys.job(job_id), mapping=self.fields(events))
         pipe.rpush(keys.queue, job_id)
         pipe.hset(PENDING_KEY, mapping={e["id"]: job_id for e in events})
+        count_queued(pipe, events)
         pipe.incrby(ACCEPTED_KEY, len(events))
         count_rate(pipe, ACCEPTED, len(events))  # the console's chart
         for key, value, ttl in records:
@@ -135,6 +137,7 @@ class JobWriter:
             pipe.hset(keys.job(job_id), mapping=self.fields(events, SPLIT, timeouts))
             pipe.lpush(keys.queue, job_id)
             pipe.hset(PENDING_KEY, mapping={e["id"]: job_id for e in events})
+            count_queued(pipe, events)
 
 
 def enqueue_events(writer: JobWriter, connection: redis.Redis, events: Sequence[Event]) -> str:

@@ -10,6 +10,12 @@ from rq import Queue
 # /v1/events/{id} can answer `queued` (and the API can count the backlog) without a row per
 # event in the store.
 PENDING_KEY = "eventpipe:pending"
+# Fair shares: project id -> its events with a pending mark (a sorted set, so the API's
+# backlog poll reads only the projects near their share), written in the MULTI/EXEC of the
+# job and dropped by the script that drops the marks (shares.py).
+PROJECT_QUEUED_KEY = "eventpipe:queued-by-project"
+# + project id: a rate-limited project's shared token bucket (a hash: tokens, at).
+RATE_BUCKET_PREFIX = "eventpipe:rate:"
 # Bumped on every change of keys or definitions; API processes poll it to drop their caches.
 CONFIG_VERSION_KEY = "eventpipe:config-version"
 # Running totals for `eventpipe stats`, kept in Redis beside the queue (they start again with

@@ -18,7 +18,7 @@ from shared.clock import aware, utcnow
 from shared.errors import EventpipeError
 from shared.queue.connect import JobQueue
 from shared.queue.enqueue import JOB_FUNC, JobWriter, job_options, new_job_id, payload_of
-from shared.queue.keys import PENDING_KEY, RQKeys
+from shared.queue.keys import PENDING_KEY, PROJECT_QUEUED_KEY, RQKeys
 from shared.queue.payload import EVENT, REPLAY, Event, Payload, make_payload, read_payload
 
 # Statuses of a job on its way (queued, running, or about to be queued again): an event whose
@@ -82,9 +82,10 @@ def forget_failed_jobs(queue: JobQueue, ids: Sequence[str]) -> None:
 # --- replay --------------------------------------------------------------------------------
 
 # KEYS: pending hash, set of queues, queue list, new job hash, failed registry, then the
-# events' own job hashes. ARGV: job id, queue key, n, n event ids, the statuses of a job on
-# its way (as one space-separated string), then the job's fields. Returns the ids that are
-# already on their way (nothing is written then), or {} when done.
+# events' own job hashes, then the per-project counts. ARGV: job id, queue key, n, n event
+# ids, the statuses of a job on its way (as one space-separated string), n project ids, then
+# the job's fields. Returns the ids that are already on their way (nothing is written then),
+# or {} when done.
 _REQUEUE = """
 local n = tonumber(ARGV[3])
 local on_way = {}
@@ -99,12 +100,13 @@ for i = 1, n do
 end
 if #busy > 0 then return busy end
 local fields = {}
-for i = 5 + n, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 5 + 2 * n, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[4], unpack(fields))
 redis.call('SADD', KEYS[2], ARGV[2])
 redis.call('RPUSH', KEYS[3], ARGV[1])
 for i = 1, n do
   redis.call('HSET', KEYS[1], ARGV[3 + i], ARGV[1])
+  redis.call('ZINCRBY', KEYS[6 + n], 1, ARGV[4 + n + i])
   redis.call('ZREM', KEYS[5], ARGV[3 + i])
   redis.call('DEL', KEYS[5 + i])
 end
@@ -130,8 +132,10 @@ class ReplayQueue:
         flat: list[Any] = []
         for name, value in self.writer.fields(batch, REPLAY).items():
             flat += [name, value]
-        args = [job_id, keys.queue, len(ids), *ids, " ".join(ON_ITS_WAY), *flat]
-        busy = self._script(keys=[*script_keys, *[keys.job(i) for i in ids]], args=args)
+        projects = [e.get("projectId", "") for e in batch]
+        args = [job_id, keys.queue, len(ids), *ids, " ".join(ON_ITS_WAY), *projects, *flat]
+        own_jobs = [keys.job(i) for i in ids]
+        busy = self._script(keys=[*script_keys, *own_jobs, PROJECT_QUEUED_KEY], args=args)
         return {b.decode() for b in cast(list[bytes], busy)}
 
     def busy(self, ids: list[str]) -> set[str]:

@@ -266,7 +266,9 @@ def test_a_backlog_over_its_limit_refuses_before_redis_would(
         # 2,000 events fill about half of the 4 MB in the small groups of this load (5,000
         # filled 97% of it, and a worker cannot drain a Redis too full for its own finishing
         # writes: the README's sizing advice, kept here).
-        env = service_env(database_url, server.url, MAX_QUEUED_EVENTS="2000")
+        env = service_env(
+            database_url, server.url, MAX_QUEUED_EVENTS="2000", PROJECT_BACKLOG_SHARE="1"
+        )
         api, base = start_api(env)
         procs_cleanup.append(api)
         key = _project(env, base)

@@ -30,7 +30,8 @@ def _project_with_contact(env: dict[str, str], base: str) -> str:
 def test_backpressure_refuses_past_the_limit_and_recovers_when_drained(
     env: dict[str, str], redis_client: redis.Redis, procs_cleanup: list[Proc]
 ) -> None:
-    env = {**env, "MAX_QUEUED_EVENTS": "30"}
+    # One project: its share is the whole backlog, so the global limit is what answers.
+    env = {**env, "MAX_QUEUED_EVENTS": "30", "PROJECT_BACKLOG_SHARE": "1"}
     api, base = start_api(env)
     procs_cleanup.append(api)
     key = _project_with_contact(env, base)

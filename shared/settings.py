@@ -96,6 +96,14 @@ class Settings:
     # Where API and worker processes keep Prometheus's multiprocess files; empty: a fresh
     # temporary directory per `eventpipe serve` / `eventpipe worker`.
     metrics_dir: str = ""
+    # PostgreSQL: `events` is partitioned by acceptance time, this many months a partition,
+    # created this many partitions ahead of the current one (README, "Time partitions").
+    events_partition_months: int = 1
+    events_partitions_ahead: int = 2
+    # How long stored and failed events are kept ("13mo", "90d", "2w", "1y"; empty: for
+    # ever). Workers apply them daily: whole partitions dropped, failed events deleted.
+    events_retention: str = ""
+    failed_events_retention: str = ""
 
 
 # Environment variable -> field. Names are the ones users set; a field absent here is not
@@ -141,6 +149,10 @@ ENV_NAMES: dict[str, str] = {
     "LOG_FORMAT": "log_format",
     "OPERATOR_TOKEN": "operator_token",
     "METRICS_DIR": "metrics_dir",
+    "EVENTS_PARTITION_MONTHS": "events_partition_months",
+    "EVENTS_PARTITIONS_AHEAD": "events_partitions_ahead",
+    "EVENTS_RETENTION": "events_retention",
+    "FAILED_EVENTS_RETENTION": "failed_events_retention",
 }
 
 
@@ -171,10 +183,29 @@ def _check_choices(values: dict[str, Any]) -> None:
     # WAITAOF's timeout 0 means "wait for ever": a stuck disk would hang every send.
     if values.get("redis_fsync_timeout_ms", 1) < 1:
         raise ValueError("REDIS_FSYNC_TIMEOUT_MS must be at least 1")
+    _check_partitions(values)
     token = values.get("operator_token", "")
     # A short token could be guessed over the network; refuse it rather than run with it.
     if token and len(token) < MIN_OPERATOR_TOKEN:
         raise ValueError(f"OPERATOR_TOKEN must be at least {MIN_OPERATOR_TOKEN} characters")
+
+
+PARTITION_MONTHS = (1, 2, 3, 4, 6, 12)  # divisors of a year: partitions align with years
+
+
+def _check_partitions(values: dict[str, Any]) -> None:
+    from shared.clock import parse_age
+
+    if values.get("events_partition_months", 1) not in PARTITION_MONTHS:
+        raise ValueError(f"EVENTS_PARTITION_MONTHS must be one of {PARTITION_MONTHS}")
+    if not 0 <= values.get("events_partitions_ahead", 2) <= 24:
+        raise ValueError("EVENTS_PARTITIONS_AHEAD must be from 0 to 24")
+    for name in ("events_retention", "failed_events_retention"):
+        if values.get(name):
+            try:
+                parse_age(values[name])
+            except ValueError as exc:
+                raise ValueError(f"{name.upper()}: {exc}") from exc
 
 
 def normalize_database_url(url: str) -> str:

@@ -23,9 +23,10 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from shared.db import ping
-from shared.errors import StoreUnavailable
+from shared.errors import PartitionMissing, StoreUnavailable
 from shared.logs import configure_logging
 from shared.metrics import registry, use_directory
+from shared.partitions import Upkeep
 from shared.queue import refuse_dequeued, release_claims, release_legacy_claims, renew_claims
 from shared.settings import get_settings
 from worker import metrics
@@ -33,6 +34,10 @@ from worker.context import get_context
 from worker.jobs import end_failed_job
 
 log = logging.getLogger("eventpipe.worker")
+
+
+# How long a worker waits before it tries again a job whose time partition it could not make.
+PARTITION_PAUSE = 2.0
 
 
 class EventWorker(SimpleWorker):
@@ -43,6 +48,8 @@ class EventWorker(SimpleWorker):
     # The previous release's claimed lists are looked for at start and at each maintenance
     # pass until none is left (claims.release_legacy_claims).
     legacy_claims_left = True
+    # The time partitions made ahead, and retention applied, at maintenance passes.
+    upkeep: Upkeep | None = None
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # RQ's SimpleWorker keeps a job in the started registry for its timeout + 60 s and
@@ -78,6 +85,10 @@ class EventWorker(SimpleWorker):
         super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
         if self.legacy_claims_left:
             self.legacy_claims_left = not release_legacy_claims(get_context().queue)
+        ctx = get_context()
+        if self.upkeep is None:
+            self.upkeep = Upkeep(ctx.settings)
+        self.upkeep.run(ctx.engine)
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
         if isinstance(exc_info[1], StoreUnavailable):
@@ -96,7 +107,8 @@ class EventWorker(SimpleWorker):
         self._release_claims()
         # Called from inside RQ's `except:` block, so the exception is still current.
         if isinstance(sys.exc_info()[1], StoreUnavailable):
-            self._requeue_for_store(job, queue, execution)
+            missing = isinstance(sys.exc_info()[1], PartitionMissing)
+            self._requeue_for_store(job, queue, execution, pause=PARTITION_PAUSE if missing else 0)
             return
         final = not job.should_retry
         error = sys.exc_info()[1]
@@ -125,16 +137,20 @@ class EventWorker(SimpleWorker):
         except RedisError as exc:
             log.warning("could not give claimed jobs back (%s); they come back on expiry", exc)
 
-    def _requeue_for_store(self, job: Job, queue: Queue, execution: Execution | None) -> None:
+    def _requeue_for_store(
+        self, job: Job, queue: Queue, execution: Execution | None, pause: float = 0
+    ) -> None:
         with self.connection.pipeline() as pipe:
             pipe.multi()  # RQ's enqueue_job wants MULTI before any command on the pipeline
             # RQ 3 cleans an execution only when it is passed (worker.execution is not read).
             self.cleanup_execution(job, pipeline=pipe, execution=execution)
             queue.enqueue_job(job, pipeline=pipe, at_front=True)
             pipe.execute()
-        self.wait_for_store()
+        self.wait_for_store(pause)
 
-    def wait_for_store(self) -> None:
+    def wait_for_store(self, pause: float = 0) -> None:
+        """Until the store answers and takes writes; at least `pause` seconds (a partition
+        that could not be made: the store answers, and trying again at once would spin)."""
         engine = get_context().engine
         # Pooled sessions keep what they were given at connect: one opened while the database
         # was read-only stays read-only after it is writable again.
@@ -142,7 +158,8 @@ class EventWorker(SimpleWorker):
         delay = 0.2
         started = time.monotonic()
         metrics.STORE_WAITS.inc()
-        while not self._stop_requested and not ping(engine):
+        pause_until = started + pause
+        while not self._stop_requested and (time.monotonic() < pause_until or not ping(engine)):
             self.heartbeat()
             engine.dispose()
             time.sleep(delay)

@@ -92,8 +92,8 @@ def bytes_per_row(engine: Engine) -> float:
     with transaction(engine) as conn:
         size, count = conn.execute(
             text(
-                "SELECT (SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('events')),"
-                " (SELECT count(*) FROM events)"
+                "SELECT (SELECT sum(pg_total_relation_size(relid))"
+                " FROM pg_partition_tree('events')), (SELECT count(*) FROM events)"
             )
         ).one()
     return float(size) / max(int(count), 1)
@@ -107,8 +107,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    urls = {"plain": database(admin, "bench_events_plain"),
-            "partitioned": database(admin, "bench_events_partitioned")}
+    urls = {
+        "plain": database(admin, "bench_events_plain"),
+        "partitioned": database(admin, "bench_events_partitioned"),
+    }
     engines = {}
     for kind, url in urls.items():
         command.upgrade(migrate.config(url), "0003")
@@ -122,8 +124,10 @@ def main() -> None:
     for _ in range(args.rounds):  # alternating, so drift on the shared machine hits both
         for kind, engine in engines.items():
             per_event[kind].append(insert_round(engine, args.rows // args.rounds, args.batch))
-    print(f"insert cost per event, {args.rows:,} events in batches of {args.batch},"
-          f" after {args.preload:,} preloaded rows ({args.rounds} alternating rounds):")
+    print(
+        f"insert cost per event, {args.rows:,} events in batches of {args.batch},"
+        f" after {args.preload:,} preloaded rows ({args.rounds} alternating rounds):"
+    )
     for kind, engine in engines.items():
         runs = ", ".join(f"{s * 1e6:.1f}" for s in per_event[kind])
         print(

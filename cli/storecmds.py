@@ -12,7 +12,7 @@ from typing import Any
 from shared.clock import parse_age
 from shared.db import make_engine
 from shared.errors import EventpipeError
-from shared.partitions import apply_retention, ensure_ahead
+from shared.partitions import apply_retention, ensure_ahead, is_partitioned
 from shared.settings import Settings
 
 
@@ -60,8 +60,18 @@ def _age(text: str) -> str:
 def db_maintain(args: argparse.Namespace, settings: Settings) -> int:
     engine = make_engine(settings)
     try:
-        created = ensure_ahead(engine, settings)
-        print(f"partitions created: {', '.join(created)}" if created else "partitions: up to date")
+        with engine.connect() as conn:
+            partitioned = is_partitioned(conn)
+        if not partitioned:
+            print(
+                "events is not partitioned (SQLite, or an install not moved yet: "
+                "`eventpipe db partition --online`)"
+            )
+        else:
+            created = ensure_ahead(engine, settings)
+            print(
+                f"partitions created: {', '.join(created)}" if created else "partitions: up to date"
+            )
         if settings.events_retention or settings.failed_events_retention:
             removed = apply_retention(
                 engine, settings.events_retention, settings.failed_events_retention

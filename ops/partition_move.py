@@ -24,11 +24,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
-from shared.clock import add_months, utcnow
+from shared.clock import utcnow
 from shared.errors import EventpipeError
 from shared.partitions import (
     PARENT,
@@ -38,6 +39,7 @@ from shared.partitions import (
     create_parent,
     create_partitions,
     is_partitioned,
+    period_end,
     period_start,
 )
 from shared.settings import Settings
@@ -71,7 +73,7 @@ def move_online(
             report.already = True
             say("events is partitioned already: nothing to do")
             return report
-        report.bound = move_bound(utcnow(), settings.events_partition_months)
+        report.bound = move_bound(utcnow(), settings.events_partition_size)
         _step(report, say, f"unique index {LEGACY_KEY} on (id, created_at), concurrently")
         _unique_key(conn)
         _step(report, say, f"CHECK (created_at < {report.bound:%Y-%m-%d}), added NOT VALID")
@@ -90,8 +92,8 @@ def move_online(
     return report
 
 
-def move_bound(now: datetime, months: int) -> datetime:
-    return add_months(period_start(now + timedelta(days=1), months), months)
+def move_bound(now: datetime, size: str) -> datetime:
+    return period_end(period_start(now + timedelta(days=1), size), size)
 
 
 def _step(report: MoveReport, say: Callable[[str], None], text: str) -> None:
@@ -107,8 +109,7 @@ def _unique_key(conn: Connection) -> None:
     if invalid:  # an interrupted build of an earlier run
         conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY {LEGACY_KEY}")
     conn.exec_driver_sql(
-        f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {LEGACY_KEY} "
-        f"ON {PARENT} (id, created_at)"
+        f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {LEGACY_KEY} ON {PARENT} (id, created_at)"
     )
 
 
@@ -164,7 +165,7 @@ def _swap(engine: Engine, settings: Settings, report: MoveReport) -> None:
         )
         conn.exec_driver_sql(f"ALTER TABLE {LEGACY} DROP CONSTRAINT {BOUND_CHECK}")
         create_partitions(
-            conn, ahead(utcnow(), settings) + [report.bound], settings.events_partition_months
+            conn, ahead(utcnow(), settings) + [report.bound], settings.events_partition_size
         )
         report.swap_ms = (time.perf_counter() - started) * 1000
 
@@ -173,9 +174,10 @@ def _next_seq(conn: Connection) -> int:
     """Above the highest `seq` stored and above the identity's last value (a rolled-back
     insert spends values too)."""
     highest = conn.exec_driver_sql(f"SELECT coalesce(max(seq), 0) FROM {PARENT}").scalar()
-    identity = conn.exec_driver_sql("SELECT pg_get_serial_sequence(%(t)s, 'seq')",
-                                    {"t": PARENT}).scalar()
-    last = 0
+    identity = conn.exec_driver_sql(
+        "SELECT pg_get_serial_sequence(%(t)s, 'seq')", {"t": PARENT}
+    ).scalar()
+    last: Any = 0
     if identity:
         last = conn.exec_driver_sql(
             "SELECT coalesce(last_value, 0) FROM pg_sequences "

@@ -130,7 +130,7 @@ def translate(exc: sa_exc.DBAPIError) -> EventpipeError | None:
     state: str | None = getattr(exc.orig, "sqlstate", None)
     if state == TIMEOUT_STATE:
         return StoreTimeout(state, _primary(exc))
-    if state == CHECK_VIOLATION and not getattr(_diag(exc), "constraint_name", None):
+    if state == CHECK_VIOLATION and _names_no_constraint(exc):
         return PartitionMissing()
     if exc.connection_invalidated or state in OUTAGE_STATES or (state or "")[:2] in OUTAGE_CLASSES:
         return StoreUnavailable()
@@ -153,6 +153,13 @@ def _primary(exc: sa_exc.DBAPIError) -> str:
 
 def _diag(exc: sa_exc.DBAPIError) -> Any:
     return getattr(exc.orig, "diag", None)
+
+
+def _names_no_constraint(exc: sa_exc.DBAPIError) -> bool:
+    """PostgreSQL's diagnostics name the violated constraint of a check violation; a row no
+    partition takes violates none (a driver without diagnostics tells nothing: a refusal)."""
+    diag = _diag(exc)
+    return diag is not None and not getattr(diag, "constraint_name", None)
 
 
 def insert_ignoring_duplicates(

@@ -1,7 +1,8 @@
 """Time partitions of `events` on PostgreSQL, and retention on both dialects.
 
 `events` is partitioned by range on `created_at`, the acceptance time set at the edge, one
-partition per EVENTS_PARTITION_MONTHS months (aligned on years). Partitions are found by their
+partition per EVENTS_PARTITION_SIZE (a month by default; months align on years, days on
+Monday 1970-01-05, so 7d partitions are ISO weeks). Partitions are found by their
 bounds in pg_catalog, never by their names (names are for people: events_pYYYYMMDD after the
 lower bound). Creating one is CREATE TABLE (LIKE events) + ATTACH PARTITION (a lighter lock
 on the parent than CREATE TABLE ... PARTITION OF), under an advisory lock, since every
@@ -20,12 +21,12 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, select
 
-from shared.clock import add_months, age_cutoff, utcnow
+from shared.clock import add_months, age_cutoff, parse_age, utcnow
 from shared.db import transaction
 from shared.errors import EventpipeError
 from shared.models import events, failed_events
@@ -91,22 +92,35 @@ def list_partitions(conn: Connection) -> list[Partition]:
     return [Partition(**row) for row in rows]
 
 
-def period_start(moment: datetime, months: int) -> datetime:
-    """The start of the partition period holding `moment` (periods of `months`, aligned on
-    the year: with 3, quarters)."""
+_DAY_ZERO = datetime(1970, 1, 5, tzinfo=UTC)  # a Monday
+
+
+def period_start(moment: datetime, size: str) -> datetime:
+    """The start of the partition period of `size` ("1mo", "3mo", "1d", "7d") holding
+    `moment`: months aligned on the year (3mo: quarters), days on a Monday (7d: ISO weeks)."""
+    months, days = parse_age(size)
     moment = moment.astimezone(UTC)
-    month = (moment.month - 1) // months * months + 1
-    return datetime(moment.year, month, 1, tzinfo=UTC)
+    if months:
+        month = (moment.month - 1) // months * months + 1
+        return datetime(moment.year, month, 1, tzinfo=UTC)
+    return _DAY_ZERO + timedelta(days=(moment - _DAY_ZERO).days // days * days)
 
 
-def gap_around(moment: datetime, months: int, existing: Sequence[Partition]) -> tuple[datetime, datetime] | None:
+def period_end(start: datetime, size: str) -> datetime:
+    months, days = parse_age(size)
+    return add_months(start, months) if months else start + timedelta(days=days)
+
+
+def gap_around(
+    moment: datetime, size: str, existing: Sequence[Partition]
+) -> tuple[datetime, datetime] | None:
     """The range a new partition for `moment` gets: its period, cut where existing partitions
     begin or end (a period size changed since, or the pre-partitioning table's bound); None
     when a partition holds `moment` already."""
     if any(p.holds(moment) for p in existing):
         return None
-    lower = period_start(moment, months)
-    upper = add_months(lower, months)
+    lower = period_start(moment, size)
+    upper = period_end(lower, size)
     for p in existing:
         if p.upper is not None and p.upper <= moment:
             lower = max(lower, p.upper)
@@ -124,14 +138,14 @@ def partition_name(lower: datetime) -> str:
     return f"{PARENT}_p{lower:%Y%m%d}"
 
 
-def create_partitions(conn: Connection, moments: Iterable[datetime], months: int) -> list[str]:
+def create_partitions(conn: Connection, moments: Iterable[datetime], size: str) -> list[str]:
     """Partitions holding each of `moments`, created where missing, in the caller's
     transaction, under the DDL advisory lock (held to its end). Returns the names created."""
     conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(k)s)", {"k": DDL_LOCK})
     existing = list_partitions(conn)
     created = []
     for moment in sorted(set(moments)):
-        gap = gap_around(moment, months, existing)
+        gap = gap_around(moment, size, existing)
         if gap is None:
             continue
         name = partition_name(gap[0])
@@ -148,9 +162,10 @@ def create_partitions(conn: Connection, moments: Iterable[datetime], months: int
 
 def ahead(now: datetime, settings: Settings) -> list[datetime]:
     """The moments whose partitions must exist: the current period and the next ones."""
-    months = settings.events_partition_months
-    start = period_start(now, months)
-    return [add_months(start, months * n) for n in range(settings.events_partitions_ahead + 1)]
+    moments = [period_start(now, settings.events_partition_size)]
+    for _ in range(settings.events_partitions_ahead):
+        moments.append(period_end(moments[-1], settings.events_partition_size))
+    return moments
 
 
 def ensure_ahead(engine: Engine, settings: Settings, now: datetime | None = None) -> list[str]:
@@ -160,7 +175,7 @@ def ensure_ahead(engine: Engine, settings: Settings, now: datetime | None = None
         if not is_partitioned(conn):
             return []
         return create_partitions(
-            conn, ahead(now or utcnow(), settings), settings.events_partition_months
+            conn, ahead(now or utcnow(), settings), settings.events_partition_size
         )
 
 
@@ -169,7 +184,7 @@ def ensure_holding(engine: Engine, moments: Iterable[datetime], settings: Settin
     with transaction(engine) as conn:
         if not is_partitioned(conn):
             return []
-        return create_partitions(conn, moments, settings.events_partition_months)
+        return create_partitions(conn, moments, settings.events_partition_size)
 
 
 # --- retention ---------------------------------------------------------------------------
@@ -243,8 +258,9 @@ def apply_retention(
         if engine.dialect.name == "postgresql":
             removed.partitions = drop_partitions_before(engine, removed.cutoff, dry_run=dry_run)
         else:
-            removed.event_rows = _delete_before(engine, events, events.c.created_at,
-                                                removed.cutoff, dry_run)
+            removed.event_rows = _delete_before(
+                engine, events, events.c.created_at, removed.cutoff, dry_run
+            )
     if failed_age:
         removed.failed_cutoff = age_cutoff(now, failed_age)
         removed.failed_rows = _delete_before(
@@ -305,15 +321,15 @@ def _detached_leftovers(conn: Connection) -> list[Partition]:
     return [Partition(name, None, None, 0, 0) for name in rows]
 
 
-def _delete_before(
-    engine: Engine, table: Any, column: Any, cutoff: datetime, dry_run: bool
-) -> int:
+def _delete_before(engine: Engine, table: Any, column: Any, cutoff: datetime, dry_run: bool) -> int:
     """Rows with `column` before `cutoff`, deleted in batches (short transactions), or
     counted when dry."""
     old = column < cutoff
     if dry_run:
         with transaction(engine) as conn:
-            return int(conn.execute(select(func.count()).select_from(table).where(old)).scalar_one())
+            return int(
+                conn.execute(select(func.count()).select_from(table).where(old)).scalar_one()
+            )
     total = 0
     while True:
         with transaction(engine) as conn:
@@ -381,8 +397,10 @@ def _events_age(engine: Engine, settings: Settings) -> str:
     with engine.connect() as conn:
         if is_partitioned(conn):
             return settings.events_retention
-    log.warning("EVENTS_RETENTION is set but events is not partitioned: run "
-                "`eventpipe db partition --online`")
+    log.warning(
+        "EVENTS_RETENTION is set but events is not partitioned: run "
+        "`eventpipe db partition --online`"
+    )
     return ""
 
 
@@ -438,5 +456,5 @@ def make_room(engine: Engine, moments: Iterable[datetime], settings: Settings) -
             for m in moments
             if cutoff is not None and m < cutoff and not any(p.holds(m) for p in existing)
         }
-        create_partitions(conn, set(moments) - expired, settings.events_partition_months)
+        create_partitions(conn, set(moments) - expired, settings.events_partition_size)
     return expired

@@ -96,9 +96,10 @@ class Settings:
     # Where API and worker processes keep Prometheus's multiprocess files; empty: a fresh
     # temporary directory per `eventpipe serve` / `eventpipe worker`.
     metrics_dir: str = ""
-    # PostgreSQL: `events` is partitioned by acceptance time, this many months a partition,
-    # created this many partitions ahead of the current one (README, "Time partitions").
-    events_partition_months: int = 1
+    # PostgreSQL: `events` is partitioned by acceptance time, a partition per this span
+    # ("1mo", "3mo", "1d", "7d"), made this many partitions ahead of the current one (README,
+    # "Time partitions and retention").
+    events_partition_size: str = "1mo"
     events_partitions_ahead: int = 2
     # How long stored and failed events are kept ("13mo", "90d", "2w", "1y"; empty: for
     # ever). Workers apply them daily: whole partitions dropped, failed events deleted.
@@ -149,7 +150,7 @@ ENV_NAMES: dict[str, str] = {
     "LOG_FORMAT": "log_format",
     "OPERATOR_TOKEN": "operator_token",
     "METRICS_DIR": "metrics_dir",
-    "EVENTS_PARTITION_MONTHS": "events_partition_months",
+    "EVENTS_PARTITION_SIZE": "events_partition_size",
     "EVENTS_PARTITIONS_AHEAD": "events_partitions_ahead",
     "EVENTS_RETENTION": "events_retention",
     "FAILED_EVENTS_RETENTION": "failed_events_retention",
@@ -190,14 +191,17 @@ def _check_choices(values: dict[str, Any]) -> None:
         raise ValueError(f"OPERATOR_TOKEN must be at least {MIN_OPERATOR_TOKEN} characters")
 
 
-PARTITION_MONTHS = (1, 2, 3, 4, 6, 12)  # divisors of a year: partitions align with years
-
-
 def _check_partitions(values: dict[str, Any]) -> None:
     from shared.clock import parse_age
 
-    if values.get("events_partition_months", 1) not in PARTITION_MONTHS:
-        raise ValueError(f"EVENTS_PARTITION_MONTHS must be one of {PARTITION_MONTHS}")
+    size = values.get("events_partition_size", "1mo")
+    try:
+        months, days = parse_age(size)
+    except ValueError as exc:
+        raise ValueError(f"EVENTS_PARTITION_SIZE: {exc}") from exc
+    # Months must divide a year (partitions align with years); days, at most a year's worth.
+    if (months and 12 % months) or days > 366:
+        raise ValueError("EVENTS_PARTITION_SIZE: 1mo, 2mo, 3mo, 4mo, 6mo, 1y, or 1d to 366d")
     if not 0 <= values.get("events_partitions_ahead", 2) <= 24:
         raise ValueError("EVENTS_PARTITIONS_AHEAD must be from 0 to 24")
     for name in ("events_retention", "failed_events_retention"):

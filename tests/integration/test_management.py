@@ -9,8 +9,8 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
@@ -192,7 +192,7 @@ def test_event_log_is_served_by_an_index(engine: Engine) -> None:
     partition's index backwards (a Merge Append keeps them in `seq` order, no Sort) and stops
     after limit + 1 entries, whatever the table's size; a time range reads only the
     partitions it covers. The plans go to the closing note."""
-    this_month = period_start(utcnow(), 1)
+    this_month = period_start(utcnow(), "1mo")
     months = [add_months(this_month, n) for n in (-2, -1, 0)]
     ensure_holding(engine, months, Settings(database_url=str(engine.url)))
     with transaction(engine) as conn:

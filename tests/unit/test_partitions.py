@@ -16,40 +16,57 @@ from shared.db import insert_ignoring_duplicates, transaction, translate
 from shared.errors import PartitionMissing, StoreRefused
 from shared.ids import new_id
 from shared.models import events, failed_event_attempts, failed_events
-from shared.partitions import Partition, Upkeep, apply_retention, gap_around, period_start
+from shared.partitions import (
+    Partition,
+    Upkeep,
+    apply_retention,
+    gap_around,
+    period_end,
+    period_start,
+)
 from shared.settings import Settings, load_settings
 
 
-def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
-    ("moment", "months", "start"),
+    ("moment", "size", "start", "end"),
     [
-        (utc(2026, 12, 1, 0, 0, 0), 1, utc(2026, 12, 1)),
-        (utc(2026, 12, 31, 23, 59, 59), 1, utc(2026, 12, 1)),
-        (utc(2026, 5, 8, 13, 45), 3, utc(2026, 4, 1)),
-        (utc(2026, 5, 8, 13, 45), 12, utc(2026, 1, 1)),
+        (utc(2026, 12, 1, 0, 0, 0), "1mo", utc(2026, 12, 1), utc(2027, 1, 1)),
+        (utc(2026, 12, 31, 23, 59, 59), "1mo", utc(2026, 12, 1), utc(2027, 1, 1)),
+        (utc(2026, 5, 8, 13, 45), "3mo", utc(2026, 4, 1), utc(2026, 7, 1)),
+        (utc(2026, 5, 8, 13, 45), "1y", utc(2026, 1, 1), utc(2027, 1, 1)),
+        (utc(2026, 5, 8, 13, 45), "1d", utc(2026, 5, 8), utc(2026, 5, 9)),
+        (utc(2026, 12, 3, 13, 45), "7d", utc(2026, 11, 30), utc(2026, 12, 7)),  # a Monday
     ],
 )
-def test_a_period_starts_on_a_month_aligned_with_the_year(
-    moment: datetime, months: int, start: datetime
+def test_a_period_starts_on_a_month_aligned_with_the_year_or_a_day(
+    moment: datetime, size: str, start: datetime, end: datetime
 ) -> None:
-    assert period_start(moment, months) == start
+    assert period_start(moment, size) == start
+    assert period_end(start, size) == end
 
 
 def test_a_new_partition_fills_the_gap_around_its_moment_and_no_more() -> None:
     legacy = Partition("events_legacy", None, utc(2027, 1, 1), 0, 0)
     quarter = Partition("events_p20270401", utc(2027, 4, 1), utc(2027, 7, 1), 0, 0)
     # Held already: nothing to make.
-    assert gap_around(utc(2026, 3, 5), 1, [legacy]) is None
+    assert gap_around(utc(2026, 3, 5), "1mo", [legacy]) is None
     # Its month, whole.
-    assert gap_around(utc(2027, 2, 5), 1, [legacy, quarter]) == (utc(2027, 2, 1), utc(2027, 3, 1))
+    assert gap_around(utc(2027, 2, 5), "1mo", [legacy, quarter]) == (
+        utc(2027, 2, 1),
+        utc(2027, 3, 1),
+    )
     # Quarters now, but the legacy table ends in January and a quarter starts in April.
-    assert gap_around(utc(2027, 1, 5), 3, [legacy]) == (utc(2027, 1, 1), utc(2027, 4, 1))
+    assert gap_around(utc(2027, 1, 5), "3mo", [legacy]) == (utc(2027, 1, 1), utc(2027, 4, 1))
     june = Partition("events_p20260601", utc(2026, 6, 1), utc(2026, 7, 1), 0, 0)
-    assert gap_around(utc(2026, 5, 8), 3, [june]) == (utc(2026, 4, 1), utc(2026, 6, 1))
+    assert gap_around(utc(2026, 5, 8), "3mo", [june]) == (utc(2026, 4, 1), utc(2026, 6, 1))
+    # Days now, inside the month partitions' world: a day, cut by nothing.
+    assert gap_around(utc(2026, 8, 8, 5), "1d", [june]) == (utc(2026, 8, 8), utc(2026, 8, 9))
 
 
 def test_ages_and_cutoffs() -> None:
@@ -67,10 +84,13 @@ def test_ages_and_cutoffs() -> None:
 
 
 def test_settings_refuse_bad_partition_sizes_and_ages() -> None:
-    settings = load_settings({"EVENTS_PARTITION_MONTHS": "3", "EVENTS_RETENTION": "13mo"})
-    assert (settings.events_partition_months, settings.events_retention) == (3, "13mo")
+    settings = load_settings({"EVENTS_PARTITION_SIZE": "3mo", "EVENTS_RETENTION": "13mo"})
+    assert (settings.events_partition_size, settings.events_retention) == ("3mo", "13mo")
+    assert load_settings({"EVENTS_PARTITION_SIZE": "1d"}).events_partition_size == "1d"
     for env in (
-        {"EVENTS_PARTITION_MONTHS": "5"},
+        {"EVENTS_PARTITION_SIZE": "5mo"},
+        {"EVENTS_PARTITION_SIZE": "400d"},
+        {"EVENTS_PARTITION_SIZE": "monthly"},
         {"EVENTS_PARTITIONS_AHEAD": "-1"},
         {"EVENTS_RETENTION": "13 months"},
         {"FAILED_EVENTS_RETENTION": "soon"},

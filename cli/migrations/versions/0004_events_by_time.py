@@ -46,7 +46,7 @@ def upgrade() -> None:
     op.drop_table("events")
     create_parent(bind, 1)
     settings = get_settings()
-    create_partitions(bind, ahead(utcnow(), settings), settings.events_partition_months)
+    create_partitions(bind, ahead(utcnow(), settings), settings.events_partition_size)
 
 
 def downgrade() -> None:

@@ -37,7 +37,7 @@ from shared.partitions import (
     ahead,
     bounds_sql,
     create_parent,
-    create_partitions,
+    ensure_holding,
     is_partitioned,
     period_end,
     period_start,
@@ -55,7 +55,8 @@ SWAP_TRIES = 30
 class MoveReport:
     bound: datetime | None = None
     seq_start: int = 0
-    swap_ms: float = 0.0  # the transaction holding the lock, from LOCK to COMMIT
+    swap_ms: float = 0.0  # how long the table was locked: from the lock granted to COMMIT
+    lock_wait_ms: float = 0.0  # waiting for the lock (transactions in flight ended first)
     swap_tries: int = 0
     steps: list[str] = field(default_factory=list)
     already: bool = False
@@ -86,7 +87,8 @@ def move_online(
     _step(
         report,
         say,
-        f"swapped in {report.swap_ms:.1f} ms: {LEGACY} is the partition FROM (MINVALUE) TO "
+        f"swapped in {report.swap_ms:.1f} ms (the lock waited for {report.lock_wait_ms:.1f} ms): "
+        f"{LEGACY} is the partition FROM (MINVALUE) TO "
         f"({report.bound:%Y-%m-%d}); events_seq starts at {report.seq_start}",
     )
     return report
@@ -140,10 +142,12 @@ def _with_lock_retries(fn: Callable[[], None], say: Callable[[str], None]) -> in
 
 def _swap(engine: Engine, settings: Settings, report: MoveReport) -> None:
     assert report.bound is not None
+    started = time.perf_counter()
     with engine.begin() as conn:
         conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'")
-        started = time.perf_counter()
         conn.exec_driver_sql(f"LOCK TABLE {PARENT} IN ACCESS EXCLUSIVE MODE")
+        locked = time.perf_counter()
+        report.lock_wait_ms = (locked - started) * 1000
         report.seq_start = _next_seq(conn)
         conn.exec_driver_sql(f"ALTER TABLE {PARENT} RENAME TO {LEGACY}")
         for constraint in _constraints(conn, LEGACY, "pu"):
@@ -164,10 +168,10 @@ def _swap(engine: Engine, settings: Settings, report: MoveReport) -> None:
             f"FOR VALUES {bounds_sql(None, report.bound)}"
         )
         conn.exec_driver_sql(f"ALTER TABLE {LEGACY} DROP CONSTRAINT {BOUND_CHECK}")
-        create_partitions(
-            conn, ahead(utcnow(), settings) + [report.bound], settings.events_partition_size
-        )
-        report.swap_ms = (time.perf_counter() - started) * 1000
+    report.swap_ms = (time.perf_counter() - locked) * 1000  # committed: the lock is gone
+    # The coming partitions after the lock: the old table takes every row until the bound,
+    # at least a day away.
+    ensure_holding(engine, ahead(utcnow(), settings) + [report.bound], settings)
 
 
 def _next_seq(conn: Connection) -> int:

@@ -92,8 +92,9 @@ def bytes_per_row(engine: Engine) -> float:
     with transaction(engine) as conn:
         size, count = conn.execute(
             text(
-                "SELECT (SELECT sum(pg_total_relation_size(relid))"
-                " FROM pg_partition_tree('events')), (SELECT count(*) FROM events)"
+                "SELECT coalesce((SELECT sum(pg_total_relation_size(relid))"
+                " FROM pg_partition_tree('events')), pg_total_relation_size('events')),"
+                " (SELECT count(*) FROM events)"
             )
         ).one()
     return float(size) / max(int(count), 1)

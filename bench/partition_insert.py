@@ -114,7 +114,7 @@ def main() -> None:
     }
     engines = {}
     for kind, url in urls.items():
-        command.upgrade(migrate.config(url), "0003")
+        command.upgrade(migrate.config(url), migrate.revision_before("events_by_time"))
         engine = create_engine(url)
         preload(engine, args.preload)
         if kind == "partitioned":

@@ -101,6 +101,15 @@ def include_object(conn: Connection) -> Callable[..., bool]:
     return include
 
 
+def revision_before(slug: str) -> str:
+    """The revision before the one whose file is named `<number>_<slug>.py` (for the tests and
+    benchmarks that build the schema as it stood before it, whatever it is numbered)."""
+    for script in ScriptDirectory.from_config(config("")).walk_revisions():
+        if Path(script.path).stem.split("_", 1)[1] == slug:
+            return str(script.down_revision)
+    raise LookupError(slug)
+
+
 def create_index_concurrently(name: str, table: str, columns: Sequence[str]) -> None:
     """For migration scripts: an index on a table that may be large, built on PostgreSQL
     CONCURRENTLY (writes go on while it builds; a plain CREATE INDEX blocks them), which

@@ -380,7 +380,8 @@ def test_an_existing_table_of_a_million_rows_moves_online_while_events_flow(
     empty_database: str, redis_client: redis.Redis, procs_cleanup: list[Proc]
 ) -> None:
     url = empty_database
-    command.upgrade(migrate.config(url), "0003")  # the release before: one plain table
+    # The release before: one plain table.
+    command.upgrade(migrate.config(url), migrate.revision_before("events_by_time"))
     engine = create_engine(url)
     env = service_env(url, REDIS_URL)
     project = new_project(env)

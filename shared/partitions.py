@@ -50,7 +50,10 @@ SELECT c.relname AS name,
        (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]::timestamptz
            AS upper,
        greatest(c.reltuples, 0)::bigint AS rows,
-       pg_total_relation_size(c.oid) AS bytes,
+       (SELECT coalesce(sum(r.relpages), 0) FROM pg_class r
+         WHERE r.oid IN (c.oid, c.reltoastrelid)
+            OR r.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = c.oid))::bigint
+         * current_setting('block_size')::bigint AS bytes,
        i.inhdetachpending AS detach_pending
 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = to_regclass(%(parent)s)
@@ -63,7 +66,10 @@ class Partition:
     name: str
     lower: datetime | None  # None: MINVALUE (the table that was there before partitioning)
     upper: datetime | None  # None: MAXVALUE
-    rows: int  # the planner's estimate (pg_class.reltuples): counting would read it all
+    # The catalog's estimates (as of the last VACUUM or ANALYZE): counting would read it all,
+    # and sizing it (pg_total_relation_size) would lock it, and a worker's upkeep pass must
+    # not wait on a partition someone holds.
+    rows: int
     bytes: int
     detach_pending: bool = False
 
@@ -168,12 +174,18 @@ def ahead(now: datetime, settings: Settings) -> list[datetime]:
     return moments
 
 
-def ensure_ahead(engine: Engine, settings: Settings, now: datetime | None = None) -> list[str]:
+def ensure_ahead(
+    engine: Engine, settings: Settings, now: datetime | None = None, *, lock_wait_ms: int = 0
+) -> list[str]:
     """Create the current and coming partitions where missing (nothing on SQLite or on a
-    table not partitioned yet). Returns the names created."""
+    table not partitioned yet). Returns the names created. `lock_wait_ms`: give up (a store
+    error) rather than wait longer on a lock (reading the bounds locks each partition for a
+    moment, and someone may hold the table)."""
     with transaction(engine) as conn:
         if not is_partitioned(conn):
             return []
+        if lock_wait_ms:
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(lock_wait_ms)}")
         return create_partitions(
             conn, ahead(now or utcnow(), settings), settings.events_partition_size
         )
@@ -343,6 +355,7 @@ def _delete_before(engine: Engine, table: Any, column: Any, cutoff: datetime, dr
 # --- the workers' upkeep -------------------------------------------------------------------
 
 AHEAD_EVERY = 3600.0
+UPKEEP_LOCK_WAIT_MS = 200
 RETENTION_EVERY = 24 * 3600.0
 
 
@@ -369,7 +382,8 @@ class Upkeep:
 
     def _ahead(self, engine: Engine) -> bool:
         try:
-            ensure_ahead(engine, self.settings)
+            # A worker between jobs does not wait on a held table: it tries again in a minute.
+            ensure_ahead(engine, self.settings, lock_wait_ms=UPKEEP_LOCK_WAIT_MS)
             return True
         except Exception as exc:  # the next pass tries again; jobs go on meanwhile
             log.warning("could not create the coming partitions: %s", exc)

@@ -48,8 +48,8 @@ class EventWorker(SimpleWorker):
     # The previous release's claimed lists are looked for at start and at each maintenance
     # pass until none is left (claims.release_legacy_claims).
     legacy_claims_left = True
-    # The time partitions made ahead, and retention applied, at maintenance passes.
-    upkeep: Upkeep | None = None
+    # The time partitions made ahead, and retention applied, from a thread of their own.
+    upkeep: threading.Thread | None = None
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # RQ's SimpleWorker keeps a job in the started registry for its timeout + 60 s and
@@ -85,10 +85,9 @@ class EventWorker(SimpleWorker):
         super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
         if self.legacy_claims_left:
             self.legacy_claims_left = not release_legacy_claims(get_context().queue)
-        ctx = get_context()
         if self.upkeep is None:
-            self.upkeep = Upkeep(ctx.settings)
-        self.upkeep.run(ctx.engine)
+            self.upkeep = threading.Thread(target=_run_upkeep, name="upkeep", daemon=True)
+            self.upkeep.start()
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
         if isinstance(exc_info[1], StoreUnavailable):
@@ -166,6 +165,17 @@ class EventWorker(SimpleWorker):
             delay = min(delay * 2, 5.0)
         metrics.STORE_WAIT_SECONDS.inc(time.monotonic() - started)
         log.info("store reachable, resuming")
+
+
+def _run_upkeep() -> None:
+    """Partitions ahead (hourly) and retention (daily), in a thread: RQ stops an idle worker by
+    raising from its signal handler, which must not land inside a store call (it would leave
+    the connection mid-command); signal handlers run only in the main thread."""
+    ctx = get_context()
+    upkeep = Upkeep(ctx.settings)
+    while True:
+        upkeep.run(ctx.engine)
+        time.sleep(ctx.settings.worker_maintenance_seconds)
 
 
 class _JobHeartbeat:

@@ -7,7 +7,7 @@ BENCH_STAMP = $(VENV)/.installed-bench
 # --no-deps: the lock files name every package already (pip would only re-resolve them).
 PIP_LOCKED = $(BIN)/pip install --quiet --require-hashes --no-deps
 
-.PHONY: run test unit integration lint fmt lock bench bench-durability bench-client clean
+.PHONY: run test test-slow unit integration lint fmt lock bench bench-durability bench-client clean
 
 # The client library (client/, a distribution of its own) is installed beside the server for
 # its tests; its one dependency, httpx2, is already in requirements-dev.txt.
@@ -26,6 +26,10 @@ run: $(STAMP)
 # never skipped, when EVENTPIPE_REQUIRE_SERVICES=1, as in CI).
 test: $(STAMP)
 	$(BIN)/pytest
+
+# The tests left out of `make test` for their length (CI runs them too).
+test-slow: $(STAMP)
+	$(BIN)/pytest -m slow
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit

@@ -4,6 +4,7 @@ the caller owns the transaction (shared.db.transaction)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,7 +20,7 @@ from api.limits import ProjectLimits, load_limits
 from shared import errors
 from shared.clock import aware, iso_ms, utcnow
 from shared.errors import Conflict, EventpipeError, NotFound, ValidationFailed
-from shared.ids import new_id
+from shared.ids import id_time, new_id
 from shared.models import (
     JsonType,
     api_keys,
@@ -354,11 +355,27 @@ def contact_json(row: Any) -> dict[str, Any]:
 # --- the event log -----------------------------------------------------------------------
 
 
+# An event's createdAt is read from the clock just after its id is made (api/schema.py), so it
+# lies within a day of the id's own time even across a clock step: bounding created_at by it
+# lets PostgreSQL look in one partition of `events` (two near a boundary), not in all.
+ID_TIME_MARGIN = timedelta(days=1)
+
+
+def stored_event_query(project_id: str, event_id: str) -> Any:
+    """The stored event: the primary key (id, created_at) with created_at bounded."""
+    moment = id_time(event_id)
+    c = events.c
+    return select(events).where(
+        c.id == event_id,
+        c.project_id == project_id,
+        c.created_at >= moment - ID_TIME_MARGIN,
+        c.created_at < moment + ID_TIME_MARGIN,
+    )
+
+
 def find_outcome(project_id: str, event_id: str, *, conn: Connection) -> dict[str, Any] | None:
     """The stored or failed record of an event of this project, or None."""
-    row = conn.execute(
-        select(events).where(events.c.id == event_id, events.c.project_id == project_id)
-    ).first()
+    row = conn.execute(stored_event_query(project_id, event_id)).first()
     if row is not None:
         return stored_json(row)
     failed = conn.execute(

@@ -25,6 +25,7 @@ from cli.devseed import ensure_dev_project, seed_curl
 from cli.embedded import EmbeddedRedis, find_server
 from cli.migrate import upgrade
 from shared.db import make_engine
+from shared.partitions import ensure_ahead
 from shared.settings import Settings
 
 STOP_TIMEOUT = 30.0
@@ -75,11 +76,22 @@ def run_pipeline(settings: Settings, host: str, port: int, processes: int, dev: 
         env["REDIS_URL"] = redis_server.url
     try:
         upgrade(settings.database_url)
+        _maintain(settings)
         api_key = _dev_key(settings) if dev else None
         return _supervise(env, host, port, processes, stopper, redis_server, api_key)
     finally:
         if redis_server is not None:
             redis_server.stop()
+
+
+def _maintain(settings: Settings) -> None:
+    """`eventpipe db maintain`'s partitions: the coming months exist before the first event
+    (on PostgreSQL; nothing to do on SQLite)."""
+    engine = make_engine(settings)
+    try:
+        ensure_ahead(engine, settings)
+    finally:
+        engine.dispose()
 
 
 def _dev_key(settings: Settings) -> str:

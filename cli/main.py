@@ -16,6 +16,7 @@ from typing import Any
 from api import limits as limits_mod
 from api import store
 from cli import operations as opscli
+from cli import storecmds
 from shared.db import make_engine, transaction
 from shared.errors import EventpipeError
 from shared.logs import configure_logging
@@ -52,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         "shared/models.py and the database at DATABASE_URL (migrated to head)",
     )
     revision.set_defaults(handler=db_revision)
+    storecmds.add_db_commands(db)
 
     projects = sub.add_parser("projects", help="projects").add_subparsers(required=True)
     create = projects.add_parser("create", help="create a project and its first key")
@@ -114,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(handler=run_worker)
     opscli.add_commands(sub)
+    storecmds.add_commands(sub)
     return parser
 
 

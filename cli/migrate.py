@@ -4,14 +4,15 @@ use the same configuration, so no alembic.ini is needed, in a checkout or in a w
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from alembic import command, op
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 
 from shared.errors import EventpipeError
@@ -77,6 +78,36 @@ def _format_with_ruff(cfg: Config) -> None:
         cfg.set_section_option(
             "post_write_hooks", f"{name}.options", f"{options} REVISION_SCRIPT_FILENAME"
         )
+
+
+def include_object(conn: Connection) -> Callable[..., bool]:
+    """Autogenerate's filter for this database: the partitions of `events` (tables of their
+    own in the catalog, found there by `relispartition`, never by name) are not the models'
+    business, and an object the models declare for one dialect only is left out on others."""
+    partitions: set[str] = set()
+    if conn.dialect.name == "postgresql":
+        partitions = set(
+            conn.exec_driver_sql(
+                "SELECT relname FROM pg_class WHERE relispartition AND relkind IN ('r', 'p')"
+            ).scalars()
+        )
+
+    def include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        if type_ == "table" and reflected and name in partitions:
+            return False
+        only_on = getattr(obj, "info", {}).get("only_on")
+        return only_on is None or only_on == conn.dialect.name
+
+    return include
+
+
+def revision_before(slug: str) -> str:
+    """The revision before the one whose file is named `<number>_<slug>.py` (for the tests and
+    benchmarks that build the schema as it stood before it, whatever it is numbered)."""
+    for script in ScriptDirectory.from_config(config("")).walk_revisions():
+        if Path(script.path).stem.split("_", 1)[1] == slug:
+            return str(script.down_revision)
+    raise LookupError(slug)
 
 
 def create_index_concurrently(name: str, table: str, columns: Sequence[str]) -> None:

@@ -69,3 +69,36 @@ def _offset(text: str | None) -> timezone:
         raise ValueError("offset out of range")
     delta = timedelta(hours=hours, minutes=minutes)
     return timezone(-delta if text[0] == "-" else delta)
+
+
+_AGE = re.compile(r"([0-9]{1,4})(d|w|mo|y)")
+_AGE_UNITS = {"d": (0, 1), "w": (0, 7), "mo": (1, 0), "y": (12, 0)}
+
+
+def add_months(moment: datetime, months: int) -> datetime:
+    """`moment` moved by whole calendar months, the day kept (clamped to the month's end)."""
+    index = moment.year * 12 + moment.month - 1 + months
+    year, month = divmod(index, 12)
+    day = min(moment.day, _month_days(year, month + 1))
+    return moment.replace(year=year, month=month + 1, day=day)
+
+
+def _month_days(year: int, month: int) -> int:
+    nxt = datetime(year + month // 12, month % 12 + 1, 1)
+    return (nxt - timedelta(days=1)).day
+
+
+def parse_age(text: str) -> tuple[int, int]:
+    """An age such as `13mo`, `90d`, `2w` or `1y`, as (months, days); ValueError otherwise."""
+    match = _AGE.fullmatch(text.strip())
+    if match is None or int(match.group(1)) == 0:
+        raise ValueError(f"{text!r} is not an age: a positive number and d, w, mo or y (13mo)")
+    months, days = _AGE_UNITS[match.group(2)]
+    count = int(match.group(1))
+    return months * count, days * count
+
+
+def age_cutoff(now: datetime, age: str) -> datetime:
+    """The moment `age` before `now`: rows accepted before it are older than `age`."""
+    months, days = parse_age(age)
+    return add_months(now, -months) - timedelta(days=days)

@@ -29,6 +29,7 @@ from sqlalchemy.types import TypeEngine
 from shared import jsonio
 from shared.errors import (
     EventpipeError,
+    PartitionMissing,
     StoreRefused,
     StoreTimeout,
     StoreUnavailable,
@@ -118,6 +119,8 @@ OUTAGE_STATES = frozenset({"25006", "55P03"})
 READ_ONLY_STATE = "25006"
 # statement_timeout, or a query cancelled by an operator: maybe load, maybe one slow row.
 TIMEOUT_STATE = "57014"
+# A check violation naming no constraint: no partition of `events` holds the row's time.
+CHECK_VIOLATION = "23514"
 
 
 def translate(exc: sa_exc.DBAPIError) -> EventpipeError | None:
@@ -127,6 +130,8 @@ def translate(exc: sa_exc.DBAPIError) -> EventpipeError | None:
     state: str | None = getattr(exc.orig, "sqlstate", None)
     if state == TIMEOUT_STATE:
         return StoreTimeout(state, _primary(exc))
+    if state == CHECK_VIOLATION and _names_no_constraint(exc):
+        return PartitionMissing()
     if exc.connection_invalidated or state in OUTAGE_STATES or (state or "")[:2] in OUTAGE_CLASSES:
         return StoreUnavailable()
     if state is None and isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
@@ -142,20 +147,34 @@ def translate(exc: sa_exc.DBAPIError) -> EventpipeError | None:
 def _primary(exc: sa_exc.DBAPIError) -> str:
     """The server's message without DETAIL or HINT (a check violation's DETAIL quotes the
     row's values)."""
-    diag = getattr(exc.orig, "diag", None)
-    primary = getattr(diag, "message_primary", None)
+    primary = getattr(_diag(exc), "message_primary", None)
     return str(primary or exc.orig).strip().splitlines()[0][:500]
+
+
+def _diag(exc: sa_exc.DBAPIError) -> Any:
+    return getattr(exc.orig, "diag", None)
+
+
+def _names_no_constraint(exc: sa_exc.DBAPIError) -> bool:
+    """PostgreSQL's diagnostics name the violated constraint of a check violation; a row no
+    partition takes violates none (a driver without diagnostics tells nothing: a refusal)."""
+    diag = _diag(exc)
+    return diag is not None and not getattr(diag, "constraint_name", None)
 
 
 def insert_ignoring_duplicates(
     conn: Connection, table: Table, rows: Sequence[dict[str, Any]]
 ) -> int:
-    """INSERT ... ON CONFLICT (id) DO NOTHING, as one executemany; returns the rows added."""
+    """INSERT ... ON CONFLICT DO NOTHING, as one executemany; returns the rows added.
+
+    No conflict target: the key is `id` on a plain table and (id, created_at) on a partitioned
+    one (a unique index there must hold the partition key), and this statement serves both,
+    before and after `eventpipe db partition --online`."""
     if not rows:
         return 0
     if conn.dialect.name == "postgresql":
         return _insert_recordset(conn, table, rows)
-    stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=["id"])
+    stmt = sqlite.insert(table).on_conflict_do_nothing()
     if "seq" in table.c:
         # SQLite has no identity columns: number each row as it goes in. SQLite has one
         # writer at a time, so MAX+1 cannot be taken twice.
@@ -174,7 +193,7 @@ def _insert_recordset(conn: Connection, table: Table, rows: Sequence[dict[str, A
     shape = ", ".join(f"{c} {_pg_type(table.c[c].type)}" for c in columns)
     sql = (
         f"INSERT INTO {table.name} ({names}) SELECT {names} "
-        f"FROM jsonb_to_recordset(%(rows)s::jsonb) AS r({shape}) ON CONFLICT (id) DO NOTHING"
+        f"FROM jsonb_to_recordset(%(rows)s::jsonb) AS r({shape}) ON CONFLICT DO NOTHING"
     )
     result = conn.exec_driver_sql(sql, {"rows": jsonio.dumps(list(rows)).decode()})
     return int(result.rowcount)

@@ -133,6 +133,15 @@ class StoreUnavailable(ServiceUnavailable):
         super().__init__(message)
 
 
+class PartitionMissing(StoreUnavailable):
+    """An insert found no time partition of `events` for a row (SQLSTATE 23514 with no
+    constraint named): an outage of the store's upkeep, never a refusal of the event. The
+    worker creates the partition and tries again, or waits it out."""
+
+    def __init__(self, message: str = "No partition of events holds this event yet") -> None:
+        super().__init__(message)
+
+
 class StoreRefused(EventpipeError):
     """The database refused what it was given (a constraint, a trigger, a policy, a value over
     a limit): not an outage, and the same rows tried again cannot help. The database's own
@@ -227,6 +236,16 @@ def idempotency_key_mismatch() -> EventpipeError:
     return EventpipeError(
         "This Idempotency-Key was used with a different request body",
         code="IDEMPOTENCY_KEY_MISMATCH",
+        status=422,
+    )
+
+
+def past_retention(retention: str) -> EventpipeError:
+    """An event accepted longer ago than the store keeps events (its month was dropped)."""
+    return EventpipeError(
+        f"The event was accepted more than {retention} ago (EVENTS_RETENTION): "
+        "its time partition is no longer kept",
+        code="PAST_RETENTION",
         status=422,
     )
 

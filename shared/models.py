@@ -9,13 +9,13 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
-    Identity,
     Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -115,23 +115,34 @@ contacts = Table(
     Index("ix_contacts_project_user", "project_id", "user_id"),
 )
 
+# On PostgreSQL a table partitioned by range on created_at (one partition a month by default,
+# shared/partitions.py; migration 0004 or `eventpipe db partition --online`): its primary key
+# holds the partition key, and `seq` comes from the sequence events_seq (the migration sets the
+# default; partitions cannot share an identity column). On SQLite one plain table, `seq`
+# numbered by the insert (MAX + 1, served by uq_events_seq, which exists on SQLite only).
 events = Table(
     "events",
     metadata,
     _id(),
     # Pages are cut by this database-assigned sequence, never by created_at: created_at is the
     # acceptance time at the edge, so rows arrive out of created_at order.
-    Column("seq", BigInteger, Identity(), unique=True),
+    Column("seq", BigInteger, nullable=False),
     Column("project_id", String(24), nullable=False),
     Column("contact_id", String(24), nullable=False),
     Column("event_name", String(64), nullable=False),
     Column("properties", JsonType, nullable=False),
-    _ts("created_at"),
+    # The partition key: the acceptance time, set at the edge and kept across retries and
+    # replays (it travels in the job payload), so a re-run meets its own row.
+    Column("created_at", DateTime(timezone=True), nullable=False, primary_key=True),
     _ts("stored_at"),
     Index("ix_events_project_contact_seq", "project_id", "contact_id", "seq"),
     # GET /v1/contacts/{id}/events?eventName=...: a rare name must not mean reading them all.
     Index("ix_events_project_contact_name_seq", "project_id", "contact_id", "event_name", "seq"),
+    postgresql_partition_by="RANGE (created_at)",
 )
+SQLITE_ONLY = "sqlite"
+_seq_unique = UniqueConstraint("seq", name="uq_events_seq", info={"only_on": SQLITE_ONLY})
+events.append_constraint(_seq_unique.ddl_if(dialect=SQLITE_ONLY))
 
 failed_events = Table(
     "failed_events",

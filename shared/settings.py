@@ -119,6 +119,15 @@ class Settings:
     # Where API and worker processes keep Prometheus's multiprocess files; empty: a fresh
     # temporary directory per `eventpipe serve` / `eventpipe worker`.
     metrics_dir: str = ""
+    # PostgreSQL: `events` is partitioned by acceptance time, a partition per this span
+    # ("1mo", "3mo", "1d", "7d"), made this many partitions ahead of the current one (README,
+    # "Time partitions and retention").
+    events_partition_size: str = "1mo"
+    events_partitions_ahead: int = 2
+    # How long stored and failed events are kept ("13mo", "90d", "2w", "1y"; empty: for
+    # ever). Workers apply them daily: whole partitions dropped, failed events deleted.
+    events_retention: str = ""
+    failed_events_retention: str = ""
 
 
 # Environment variable -> field. Names are the ones users set; a field absent here is not
@@ -172,6 +181,10 @@ ENV_NAMES: dict[str, str] = {
     "CONSOLE_SECRET": "console_secret",
     "CONSOLE_SESSION_SECONDS": "console_session_seconds",
     "METRICS_DIR": "metrics_dir",
+    "EVENTS_PARTITION_SIZE": "events_partition_size",
+    "EVENTS_PARTITIONS_AHEAD": "events_partitions_ahead",
+    "EVENTS_RETENTION": "events_retention",
+    "FAILED_EVENTS_RETENTION": "failed_events_retention",
 }
 
 
@@ -213,6 +226,7 @@ def _check_choices(values: dict[str, Any]) -> None:
         raise ValueError("PROJECT_BACKLOG_SHARE must be a fraction above 0, at most 1")
     if not 0.01 <= values.get("rate_limit_lease_seconds", 0.1) <= 1:
         raise ValueError("RATE_LIMIT_LEASE_SECONDS must be from 0.01 to 1")
+    _check_partitions(values)
     token = values.get("operator_token", "")
     # A short token could be guessed over the network; refuse it rather than run with it.
     if token and len(token) < MIN_OPERATOR_TOKEN:
@@ -231,6 +245,27 @@ def sentinel_addresses(raw: str) -> list[tuple[str, int]]:
             raise ValueError(f"REDIS_SENTINELS: {entry!r} is not host:port")
         found.append((host.strip("[]"), int(port)))
     return found
+
+
+def _check_partitions(values: dict[str, Any]) -> None:
+    from shared.clock import parse_age
+
+    size = values.get("events_partition_size", "1mo")
+    try:
+        months, days = parse_age(size)
+    except ValueError as exc:
+        raise ValueError(f"EVENTS_PARTITION_SIZE: {exc}") from exc
+    # Months must divide a year (partitions align with years); days, at most a year's worth.
+    if (months and 12 % months) or days > 366:
+        raise ValueError("EVENTS_PARTITION_SIZE: 1mo, 2mo, 3mo, 4mo, 6mo, 1y, or 1d to 366d")
+    if not 0 <= values.get("events_partitions_ahead", 2) <= 24:
+        raise ValueError("EVENTS_PARTITIONS_AHEAD must be from 0 to 24")
+    for name in ("events_retention", "failed_events_retention"):
+        if values.get(name):
+            try:
+                parse_age(values[name])
+            except ValueError as exc:
+                raise ValueError(f"{name.upper()}: {exc}") from exc
 
 
 def normalize_database_url(url: str) -> str:

@@ -12,7 +12,9 @@ from shared import errors
 from shared.clock import parse_iso_ms, utcnow
 from shared.db import delete_failed, insert_ignoring_duplicates, record_failures, transaction
 from shared.models import contacts, events, failed_event_attempts, failed_events
+from shared.partitions import make_room
 from shared.queue import Event
+from shared.settings import Settings
 
 
 @dataclass
@@ -42,6 +44,7 @@ def store_apart(
     replay: bool = False,
     timeouts: tuple[int, int] = (0, 0),
     time_left: Callable[[], bool] = lambda: True,
+    settings: Settings | None = None,
 ) -> BatchOutcome:
     """store_batch; and when the store refuses the batch (not an outage), its halves apart,
     until each refused event is alone: every storable event is stored and each refused one
@@ -52,11 +55,19 @@ def store_apart(
     outcome = BatchOutcome(timeouts=timeouts[0])
     parts = [list({e["id"]: e for e in batch}.values())]
     refused: list[tuple[Event, errors.StoreRefused]] = []
+    room_made = False
     while parts and (outcome.attempts == 0 or time_left()):
         part = parts.pop()
         outcome.attempts += 1
         try:
             outcome.add(store_batch(engine, part, replay=replay))
+        except errors.PartitionMissing:
+            if room_made or settings is None:
+                raise
+            room_made = True
+            rest = _make_room(engine, part, settings, outcome)
+            if rest:
+                parts.append(rest)
         except errors.StoreRefused as exc:
             if isinstance(exc, errors.StoreTimeout) and outcome.timeouts < timeouts[1]:
                 outcome.timeouts += 1
@@ -68,6 +79,24 @@ def store_apart(
     outcome.left = parts
     record_refusals(engine, refused, outcome)
     return outcome
+
+
+def _make_room(
+    engine: Engine, part: list[Event], settings: Settings, outcome: BatchOutcome
+) -> list[Event]:
+    """The partitions the part needs, made; its events past retention failed as such.
+    Returns the events to try again. A store that cannot make them now (a lock, a right
+    missing) is an outage: the job goes back to the queue and the worker waits."""
+    moments = {e["id"]: parse_iso_ms(e["createdAt"]) for e in part}
+    try:
+        expired = make_room(engine, moments.values(), settings)
+    except errors.EventpipeError as exc:
+        raise errors.PartitionMissing(f"Could not create a partition: {exc.message}") from exc
+    error = errors.past_retention(settings.events_retention)
+    failed = [(e, error) for e in part if moments[e["id"]] in expired]
+    record_failed(engine, failed)
+    outcome.failed += failed
+    return [e for e in part if moments[e["id"]] not in expired]
 
 
 def record_refusals(

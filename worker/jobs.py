@@ -56,6 +56,7 @@ def store_events(payload: dict[str, Any]) -> dict[str, int]:
         replay=found.kind != GROUP,
         timeouts=(found.timeouts, ctx.settings.store_timeout_retries),
         time_left=_time_left(ctx, started),
+        settings=ctx.settings,
     )
     # An event's own failed job, requeued (`rq requeue`), fails again as itself; a replay
     # job of `eventpipe replay` (or a group job) splits its failures out.

@@ -26,9 +26,10 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from shared.db import ping
-from shared.errors import StoreUnavailable
+from shared.errors import PartitionMissing, StoreUnavailable
 from shared.logs import configure_logging
 from shared.metrics import registry, use_directory
+from shared.partitions import Upkeep
 from shared.queue import (
     redis_outage,
     refuse_dequeued,
@@ -48,6 +49,10 @@ T = TypeVar("T")
 REDIS_WAIT_CAP_SECONDS = 1.0
 
 
+# How long a worker waits before it tries again a job whose time partition it could not make.
+PARTITION_PAUSE = 2.0
+
+
 class EventWorker(SimpleWorker):
     """A SimpleWorker (no fork per job, so the engine's pool survives between jobs) that turns
     a store outage into a pause instead of a failure: the job goes back to the front of the
@@ -65,6 +70,8 @@ class EventWorker(SimpleWorker):
     # RQ's dequeue waits out a lost connection itself, doubling its pause up to this (60 s by
     # default: a worker would sit idle for up to a minute after a 2 s failover).
     max_connection_wait_time = REDIS_WAIT_CAP_SECONDS
+    # The time partitions made ahead, and retention applied, from a thread of their own.
+    upkeep: threading.Thread | None = None
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # RQ's SimpleWorker keeps a job in the started registry for its timeout + 60 s and
@@ -192,6 +199,9 @@ class EventWorker(SimpleWorker):
         super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
         if self.legacy_claims_left:
             self.legacy_claims_left = not release_legacy_claims(get_context().queue)
+        if self.upkeep is None:
+            self.upkeep = threading.Thread(target=_run_upkeep, name="upkeep", daemon=True)
+            self.upkeep.start()
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
         error = exc_info[1]
@@ -218,7 +228,8 @@ class EventWorker(SimpleWorker):
         error = sys.exc_info()[1]
         if isinstance(error, StoreUnavailable):
             self._requeue(job, queue, execution)
-            self.wait_for_store()
+            # A partition that could not be made: the store answers, and at once would spin.
+            self.wait_for_store(PARTITION_PAUSE if isinstance(error, PartitionMissing) else 0)
             return
         if isinstance(error, RedisError) and redis_outage(error):
             # Redis answered RQ's failure path, so it is back: the job goes back unspent.
@@ -266,7 +277,9 @@ class EventWorker(SimpleWorker):
             queue.enqueue_job(job, pipeline=pipe, at_front=True)
             pipe.execute()
 
-    def wait_for_store(self) -> None:
+    def wait_for_store(self, pause: float = 0) -> None:
+        """Until the store answers and takes writes; at least `pause` seconds (a partition
+        that could not be made: the store answers, and trying again at once would spin)."""
         engine = get_context().engine
         # Pooled sessions keep what they were given at connect: one opened while the database
         # was read-only stays read-only after it is writable again.
@@ -274,13 +287,25 @@ class EventWorker(SimpleWorker):
         delay = 0.2
         started = time.monotonic()
         metrics.STORE_WAITS.inc()
-        while not self._stop_requested and not ping(engine):
+        pause_until = started + pause
+        while not self._stop_requested and (time.monotonic() < pause_until or not ping(engine)):
             self.heartbeat()
             engine.dispose()
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
         metrics.STORE_WAIT_SECONDS.inc(time.monotonic() - started)
         log.info("store reachable, resuming")
+
+
+def _run_upkeep() -> None:
+    """Partitions ahead (hourly) and retention (daily), in a thread: RQ stops an idle worker by
+    raising from its signal handler, which must not land inside a store call (it would leave
+    the connection mid-command); signal handlers run only in the main thread."""
+    ctx = get_context()
+    upkeep = Upkeep(ctx.settings)
+    while True:
+        upkeep.run(ctx.engine)
+        time.sleep(ctx.settings.worker_maintenance_seconds)
 
 
 class _JobHeartbeat:

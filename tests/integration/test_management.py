@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -17,13 +18,15 @@ import httpx2 as httpx
 import pytest
 from sqlalchemy import Engine, text
 
-from api.coercion import parse_date
 from api.eventlog import LogQuery, statement
 from api.openapi import DOCUMENT
 from cli.migrate import upgrade
+from shared.clock import add_months, parse_iso_ms, utcnow
 from shared.db import insert_ignoring_duplicates, transaction
 from shared.ids import new_id
 from shared.models import events
+from shared.partitions import ensure_holding, list_partitions, period_start
+from shared.settings import Settings
 from tests.integration.conftest import REDIS_URL, service_env
 from tests.integration.services import PostgresCluster, Proc, start_api, start_worker, wait_until
 from tests.integration.test_pipeline import SEED, SEED_DEFINITION, auth, new_project
@@ -138,6 +141,9 @@ def test_every_endpoint_and_error_code_on_postgres(
     assert code_of(nul) == (400, "VALIDATION_FAILED")
 
 
+CREATED_AT = "2026-05-08T13:45:00Z"
+
+
 def _insert_events(engine: Engine, project_id: str, contact_id: str, n: int) -> list[str]:
     rows: list[dict[str, Any]] = [
         {
@@ -146,11 +152,12 @@ def _insert_events(engine: Engine, project_id: str, contact_id: str, n: int) -> 
             "contact_id": contact_id,
             "event_name": "order_completed",
             "properties": {"i": i},
-            "created_at": "2026-05-08T13:45:00Z",
+            "created_at": CREATED_AT,
             "stored_at": "2026-05-08T13:45:01Z",
         }
         for i in range(n)
     ]
+    ensure_holding(engine, [parse_iso_ms(CREATED_AT)], Settings(database_url=str(engine.url)))
     with transaction(engine) as conn:
         insert_ignoring_duplicates(conn, events, rows)
     return [r["id"] for r in rows]
@@ -181,40 +188,65 @@ def _plan(conn: Any, stmt: Any) -> str:
 
 
 def test_event_log_is_served_by_an_index(engine: Engine) -> None:
-    """200k events over 2,000 contacts: the page query reads the index backwards and stops
-    after limit + 1 entries, whatever the table's size. The plans go to the closing note."""
+    """200k events over 2,000 contacts plus one contact with 60k, in three monthly partitions
+    (and the empty months made ahead): the big contact's page reads each partition's index
+    backwards, merged in `seq` order (Merge Append, no Sort), and stops after limit + 1
+    entries, whatever its log's size; a time range reads only the partitions it covers. The
+    plans go to the closing note."""
+    this_month = period_start(utcnow(), "1mo")
+    months = [add_months(this_month, n) for n in (-2, -1, 0)]
+    ensure_holding(engine, months, Settings(database_url=str(engine.url)))
+    big = f"{999999:024x}"
     with transaction(engine) as conn:
-        conn.execute(
-            text(
-                "INSERT INTO events (id, project_id, contact_id, event_name, properties,"
-                " created_at, stored_at)"
-                " SELECT lpad(to_hex(g), 24, '0'), 'p', lpad(to_hex(g % 2000), 24, '0'),"
-                " CASE WHEN g % 10 = 0 THEN 'refund' ELSE 'order_completed' END, '{}',"
-                " now(), now() FROM generate_series(1, 200000) AS g"
+        for contact_of, n in (("lpad(to_hex(g % 2000), 24, '0')", 200000), (f"'{big}'", 60000)):
+            conn.execute(
+                text(
+                    "INSERT INTO events (id, project_id, contact_id, event_name, properties,"
+                    " created_at, stored_at)"
+                    f" SELECT lpad(to_hex(g + :base), 24, '0'), 'p', {contact_of},"
+                    " CASE WHEN g % 10 = 0 THEN 'refund' ELSE 'order_completed' END, '{}',"
+                    " :first + (g % 3) * interval '32 days', now() FROM generate_series(1, :n) g"
+                ),
+                {"first": months[0] + timedelta(days=1), "n": n, "base": 10**6 * (n == 60000)},
             )
-        )
         conn.execute(text("ANALYZE events"))
-    contact = f"{7:024x}"
+        empty = {p.name for p in list_partitions(conn) if p.lower not in months}
+    this_month_only = LogQuery(limit=100, since=months[2], until=add_months(months[2], 1))
     with transaction(engine) as conn:
-        plain = _plan(conn, statement("p", contact, LogQuery(limit=100)))
-        paged = _plan(conn, statement("p", contact, LogQuery(limit=100, before_seq=150000)))
-        named = _plan(conn, statement("p", contact, LogQuery(limit=100, event_name="refund")))
-        timed = _plan(
-            conn,
-            statement(
-                "p", contact, LogQuery(limit=100, since=_dt("2000-01-01"), until=_dt("2999-01-01"))
-            ),
-        )
+        plain = _plan(conn, statement("p", big, LogQuery(limit=100)))
+        paged = _plan(conn, statement("p", big, LogQuery(limit=100, before_seq=150000)))
+        named = _plan(conn, statement("p", big, LogQuery(limit=100, event_name="refund")))
+        timed = _plan(conn, statement("p", big, this_month_only))
+        small = _plan(conn, statement("p", f"{7:024x}", LogQuery(limit=100)))
     print("\n--- plain\n" + plain + "\n--- paged\n" + paged + "\n--- eventName\n" + named)
-    for plan in (plain, paged, timed):
-        assert "Index Scan Backward using ix_events_project_contact_seq" in plan, plan
-    assert "Index Scan Backward using ix_events_project_contact_name_seq" in named, named
+    print("--- since/until (this month)\n" + timed + "\n--- a contact of 100 events\n" + small)
+    for plan in (plain, paged, named):
+        assert "Merge Append" in plan, plan
+        assert _index_scans(plan, empty) == 3, plan  # one per partition holding rows
+    assert re.search(r"Index Scan Backward using \w+_project_id_contact_id_seq_idx", plain)
+    assert re.search(r"Index Scan Backward using \w+_contact_id_event_name_seq_idx", named)
+    assert _index_scans(timed, empty) == 1 and "Append" not in timed, timed  # the others pruned
+    assert _index_scans(small, empty) == 3, small  # a short log may be sorted whole: 100 rows
     for plan in (plain, paged, named, timed):
-        assert "Seq Scan" not in plan and "Sort" not in plan, plan
+        _only_empty_partitions_sorted_or_scanned(plan, empty)
 
 
-def _dt(day: str) -> Any:
-    return parse_date(day)
+def _index_scans(plan: str, empty: set[str]) -> int:
+    """Backward index scans of partitions that hold rows."""
+    scanned = re.findall(r"Index Scan Backward using \S+ on (\w+)", plan)
+    return len([name for name in scanned if name not in empty])
+
+
+def _only_empty_partitions_sorted_or_scanned(plan: str, empty: set[str]) -> None:
+    """No Seq Scan and no Sort, except over the partitions made ahead (empty: the planner
+    sorts their nothing rather than open an index)."""
+    lines = plan.splitlines()
+    for i, line in enumerate(lines):
+        scan = re.search(r"Seq Scan on (\w+)", line)
+        assert scan is None or scan.group(1) in empty, plan
+        if re.search(r"(^|-> +)Sort\b", line):
+            below = next(re.search(r"Scan\S* on (\w+)", x) for x in lines[i + 1 :] if " on " in x)
+            assert below is not None and below.group(1) in empty, plan
 
 
 def test_a_stopped_store_fails_management_calls_fast_and_sends_go_on(

@@ -56,7 +56,11 @@ def index_state(url: str) -> list[Any]:
 def test_the_migrated_schema_is_the_models(database_url: str) -> None:
     engine = create_engine(database_url)
     with engine.connect() as conn:
-        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+        # With autogenerate's own filter: the partitions of `events` are no models' tables.
+        context = MigrationContext.configure(
+            conn, opts={"include_object": migrate.include_object(conn)}
+        )
+        assert compare_metadata(context, metadata) == []
     engine.dispose()
 
 
@@ -80,7 +84,9 @@ def test_the_events_index_is_built_concurrently_outside_a_transaction(
 
     event.listen(Engine, "before_cursor_execute", record)
     try:
-        migrate.upgrade(empty_database)
+        # Up to the time partitions, which build the partitioned table's own indexes (on a
+        # new, empty table).
+        command.upgrade(migrate.config(empty_database), migrate.revision_before("events_by_time"))
     finally:
         event.remove(Engine, "before_cursor_execute", record)
     builds = [(s, status) for s, status in seen if s.startswith("CREATE INDEX")]

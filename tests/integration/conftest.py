@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from cli.migrate import upgrade
 from shared.ids import new_id
-from tests.integration.services import PostgresCluster
+from tests.integration.services import PostgresCluster, RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -119,3 +119,16 @@ def pg_cluster(admin_engine: Engine) -> Iterator[PostgresCluster]:
     cluster = PostgresCluster()
     yield cluster
     cluster.close()
+
+
+@pytest.fixture
+def pg_and_redis(admin_engine: Engine) -> Iterator[tuple[PostgresCluster, RedisServer]]:
+    """A private PostgreSQL cluster (migrated) and Redis, free to be stopped."""
+    cluster = PostgresCluster()
+    server = RedisServer()
+    try:
+        upgrade(cluster.url)
+        yield cluster, server
+    finally:
+        server.close()
+        cluster.close()

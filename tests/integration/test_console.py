@@ -24,7 +24,6 @@ import pytest
 from sqlalchemy import Engine
 
 from api.console import session as sess
-from cli.migrate import upgrade
 from shared.settings import load_settings
 from tests.integration.conftest import REQUIRED, service_env
 from tests.integration.services import (
@@ -340,25 +339,13 @@ def _transferred(response: Any) -> int:
     return int(sizes["responseBodySize"] + sizes["responseHeadersSize"])
 
 
-@pytest.fixture
-def private_services(admin_engine: Engine) -> Iterator[tuple[PostgresCluster, RedisServer]]:
-    cluster = PostgresCluster()
-    server = RedisServer()
-    try:
-        upgrade(cluster.url)
-        yield cluster, server
-    finally:
-        server.close()
-        cluster.close()
-
-
 def test_the_console_shows_an_outage_of_redis_or_postgresql_never_a_500(
-    private_services: tuple[PostgresCluster, RedisServer],
+    pg_and_redis: tuple[PostgresCluster, RedisServer],
     procs_cleanup: list[Proc],
     browser: Any,
     shots: Path,
 ) -> None:
-    cluster, server = private_services
+    cluster, server = pg_and_redis
     env = console_env(
         service_env(cluster.url, server.url), REDIS_TIMEOUT_SECONDS=1, DB_CONNECT_TIMEOUT=1
     )

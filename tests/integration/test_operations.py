@@ -7,16 +7,13 @@ import json
 import signal
 import subprocess
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import httpx2 as httpx
 import psutil
-import pytest
 import redis
 from sqlalchemy import Engine, func, insert, select
 
-from cli.migrate import upgrade
 from shared.clock import utcnow
 from shared.db import transaction
 from shared.models import events, failed_event_attempts, failed_events
@@ -24,9 +21,7 @@ from shared.queue import PENDING_KEY, JobWriter, enqueue_events, make_queue
 from shared.settings import Settings
 from tests.integration.services import (
     ROOT,
-    PostgresCluster,
     Proc,
-    RedisServer,
     eventpipe,
     run_cli,
     start_api,
@@ -43,19 +38,6 @@ from tests.integration.test_pipeline import (
 )
 
 CNF = "CONTACT_NOT_FOUND_FOR_EVENT"
-
-
-@pytest.fixture
-def pg_and_redis(admin_engine: Engine) -> Iterator[tuple[PostgresCluster, RedisServer]]:
-    """A private PostgreSQL cluster (migrated) and Redis, free to be stopped."""
-    cluster = PostgresCluster()
-    server = RedisServer()
-    try:
-        upgrade(cluster.url)
-        yield cluster, server
-    finally:
-        server.close()
-        cluster.close()
 
 
 def cli_json(env: dict[str, str], *args: str) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 from bench.load import Scripts, WrkResult, run_wrk, run_wrk_until
 from bench.naive import enqueue_backlog
 from bench.procs import settle
-from bench.systems import System, api, workers
+from bench.systems import API_WORKERS, System, api, workers
 from bench.world import SEED, World
 
 ACCEPT_CONNECTIONS = 64
@@ -65,15 +65,30 @@ def steady(count: Counter, timeout: float = 10.0) -> int:
 # --- (a) the accept path ------------------------------------------------------------------
 
 
-def measure_accept(world: World, scripts: Scripts, system: System) -> WrkResult:
+def measure_accept(
+    world: World, scripts: Scripts, system: System, processes: int = API_WORKERS
+) -> WrkResult:
     """Closed loop, no worker running: what the API alone accepts."""
+    return measure_accept_latency(world, scripts, system, processes, half_rate=False)[0]
+
+
+def measure_accept_latency(
+    world: World, scripts: Scripts, system: System, processes: int, half_rate: bool = True
+) -> tuple[WrkResult, WrkResult | None]:
+    """The closed-loop maximum (as measure_accept) and, with `half_rate`, the same API then
+    paced at half that rate: its latency when it is not saturated (a closed loop's latency is
+    mostly the queue in front of a saturated server)."""
     world.flush()
-    with api(world, system) as url:
+    half = None
+    with api(world, system, processes) as url:
         run_wrk(url, scripts.closed, ACCEPT_CONNECTIONS, WARMUP_SECONDS)
         result = run_wrk(url, scripts.closed, ACCEPT_CONNECTIONS, ACCEPT_SECONDS)
+        if half_rate and result.accepted_rate > 0:
+            paced = scripts.paced(result.accepted_rate / 2)
+            half = run_wrk(url, paced, ACCEPT_CONNECTIONS, ACCEPT_SECONDS)
     world.check_alone(f"accept path of {system}")
     world.flush()
-    return result
+    return result, half
 
 
 # --- (b) stored events/s with a flat backlog ------------------------------------------------

@@ -32,6 +32,8 @@ DRAIN_NOTE = "(eventpipe: start to exit; naive: a 20 s window)"
 class Results:
     machine: dict[str, Any]
     accept: dict[System, WrkResult] = field(default_factory=dict)
+    accept_one: dict[System, WrkResult] = field(default_factory=dict)  # 1 uvicorn worker
+    half_rate: dict[System, WrkResult] = field(default_factory=dict)  # paced at accept / 2
     memory: dict[System, Memory] = field(default_factory=dict)
     sustained: dict[System, list[Step]] = field(default_factory=dict)
     drains: dict[System, list[Drain]] = field(default_factory=dict)
@@ -45,6 +47,8 @@ class Results:
         return {
             "machine": self.machine,
             "accept": {k: v.as_dict() for k, v in self.accept.items()},
+            "accept_one": {k: v.as_dict() for k, v in self.accept_one.items()},
+            "half_rate": {k: v.as_dict() for k, v in self.half_rate.items()},
             "memory": {k: v.as_dict() for k, v in self.memory.items()},
             "sustained": {k: [s.as_dict() for s in v] for k, v in self.sustained.items()},
             "sustained_per_s": {k: sustained_rate(v) for k, v in self.sustained.items()},
@@ -79,20 +83,26 @@ def row(
 
 
 def accept_rows(results: Results) -> list[str]:
-    acc = results.accept
+    def line(runs: dict[System, WrkResult], label: str, attr: str, digits: int = 0) -> str:
+        def get(system: System) -> Cell:
+            return float(getattr(runs[system], attr)) if system in runs else None
 
-    def get(system: System, attr: str) -> Cell:
-        return float(getattr(acc[system], attr)) if system in acc else None
+        return row(label, get("ceiling"), get("naive"), get("eventpipe"), digits)
 
-    def line(label: str, attr: str, digits: int = 0) -> str:
-        return row(label, get("ceiling", attr), get("naive", attr), get("eventpipe", attr), digits)
-
+    acc, one, half = results.accept, results.accept_one, results.half_rate
     return [
-        line("accepted events/s (wrk -t2 -c64 10 s, closed loop, no worker)", "accepted_rate"),
-        line("accept latency p50, ms", "p50_ms", 2),
-        line("accept latency p99, ms", "p99_ms", 2),
-        line("non-2xx answers in that run", "non_2xx"),
-        line("socket errors (connect/read/write/timeout) in that run", "socket_errors"),
+        line(
+            acc,
+            "accepted events/s, 2 uvicorn workers (wrk -t2 -c64 10 s, closed loop, no worker)",
+            "accepted_rate",
+        ),
+        line(acc, "accept latency p50, ms (closed loop)", "p50_ms", 2),
+        line(acc, "accept latency p99, ms (closed loop)", "p99_ms", 2),
+        line(acc, "non-2xx answers in that run", "non_2xx"),
+        line(acc, "socket errors (connect/read/write/timeout) in that run", "socket_errors"),
+        line(half, "accept latency p50, ms, paced at half the accepted rate above", "p50_ms", 2),
+        line(half, "accept latency p99, ms, paced at half the accepted rate above", "p99_ms", 2),
+        line(one, "accepted events/s, 1 uvicorn worker (closed loop)", "accepted_rate"),
     ]
 
 

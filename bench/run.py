@@ -38,12 +38,12 @@ from bench.batch import (  # noqa: E402
     measure_batch_sustained,
 )
 from bench.limits import run_limits  # noqa: E402
-from bench.load import Scripts, find_wrk  # noqa: E402
+from bench.load import Scripts, WrkResult, find_wrk  # noqa: E402
 from bench.measure import (  # noqa: E402
     drain_eventpipe,
     drain_naive,
     fill_naive,
-    measure_accept,
+    measure_accept_latency,
     measure_memory,
     measure_sustained,
     print_drain,
@@ -51,20 +51,33 @@ from bench.measure import (  # noqa: E402
 )
 from bench.procs import OUT_DIR, stop_all  # noqa: E402
 from bench.report import Results, save, table  # noqa: E402
-from bench.systems import SYSTEMS  # noqa: E402
+from bench.systems import API_WORKERS, SYSTEMS  # noqa: E402
 from bench.world import SEED, World, machine, open_world  # noqa: E402
 
 
 def run_accept(world: World, scripts: Scripts, results: Results) -> None:
-    print("(a) accept path: wrk -t2 -c64 -d10s --latency, no worker running")
+    print(
+        "(a) accept path: wrk -t2 -c64 -d10s --latency, no worker running; with 2 uvicorn"
+        " workers then paced at half the rate reached, and with 1"
+    )
     for system in SYSTEMS:
-        result = measure_accept(world, scripts, system)
+        result, half = measure_accept_latency(world, scripts, system, API_WORKERS)
         results.accept[system] = result
-        print(
-            f"  {system}: {result.accepted_rate:.0f} accepted/s, p50 {result.p50_ms:.2f} ms,"
-            f" p99 {result.p99_ms:.2f} ms, non-2xx {result.non_2xx},"
-            f" socket errors {result.socket_errors}"
-        )
+        print_accept(f"{system}, {API_WORKERS} uvicorn workers", result)
+        if half is not None:
+            results.half_rate[system] = half
+            print_accept(f"{system}, paced at {result.accepted_rate / 2:.0f}/s", half)
+        one, _ = measure_accept_latency(world, scripts, system, 1, half_rate=False)
+        results.accept_one[system] = one
+        print_accept(f"{system}, 1 uvicorn worker", one)
+
+
+def print_accept(label: str, result: WrkResult) -> None:
+    print(
+        f"  {label}: {result.accepted_rate:.0f} accepted/s, p50 {result.p50_ms:.2f} ms,"
+        f" p99 {result.p99_ms:.2f} ms, non-2xx {result.non_2xx},"
+        f" socket errors {result.socket_errors}"
+    )
 
 
 def run_memory(world: World, scripts: Scripts, results: Results) -> None:

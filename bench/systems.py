@@ -30,20 +30,20 @@ RETRY_PAUSE_S = 60.0
 EVENTPIPE_QUEUE = Settings().queue_name
 
 
-def api_argv(system: System, port: int) -> list[str]:
+def api_argv(system: System, port: int, processes: int = API_WORKERS) -> list[str]:
     if system == "eventpipe":
-        return eventpipe_argv("serve", "--port", str(port), "--workers", str(API_WORKERS))
+        return eventpipe_argv("serve", "--port", str(port), "--workers", str(processes))
     app = "bare_app" if system == "ceiling" else "naive_app"
-    return uvicorn_argv(app, port, API_WORKERS)
+    return uvicorn_argv(app, port, processes)
 
 
-def start_api(world: World, system: System) -> tuple[Proc, str]:
+def start_api(world: World, system: System, processes: int = API_WORKERS) -> tuple[Proc, str]:
     """The system's API on a free port; eventpipe's code may be mid-change, so a failed start
     is retried after a pause."""
     for attempt in range(1, START_ATTEMPTS + 1):
         port = free_port()
         try:
-            proc = start_http(api_argv(system, port), world.env(), f"{system}-api", port)
+            proc = start_http(api_argv(system, port, processes), world.env(), f"{system}-api", port)
         except (RuntimeError, TimeoutError) as exc:
             if attempt == START_ATTEMPTS:
                 raise
@@ -55,9 +55,10 @@ def start_api(world: World, system: System) -> tuple[Proc, str]:
 
 
 @contextlib.contextmanager
-def api(world: World, system: System) -> Iterator[str]:
-    """The send URL of the system's API, stopped on the way out."""
-    proc, url = start_api(world, system)
+def api(world: World, system: System, processes: int = API_WORKERS) -> Iterator[str]:
+    """The send URL of the system's API (`processes` uvicorn workers), stopped on the way
+    out."""
+    proc, url = start_api(world, system, processes)
     with running(proc):
         yield url
 

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from api.console.views import ROUTES as CONSOLE_ROUTES
-from api.http import render_error, render_http_error, render_unexpected
+from api.http import SendRequest, render_error, render_http_error, render_unexpected
 from api.observe import SEND_PATH, observed, record_request
 from api.routes import admin, batch, contacts, definitions, docs, health, send
 from api.state import Clients, close_resources, open_resources
@@ -67,7 +67,7 @@ class EventpipeApp(Starlette):
         if scope["type"] == "http" and scope["path"] == SEND_PATH and scope["method"] == "POST":
             started = time.perf_counter()
             scope["app"] = self
-            request = Request(scope, receive)
+            request = SendRequest(scope, receive)
             response = await _answer(request)
             await response(scope, receive, send)
             record_request(scope, SEND_PATH, response.status_code, started, self.json_logs)

@@ -13,7 +13,7 @@ from api.coercion import CoercionError, coerce_value
 from api.definitions import Definition
 from api.emails import InvalidEmail, normalize_email
 from shared import errors
-from shared.clock import iso_ms, utcnow
+from shared.clock import now_iso_ms
 from shared.errors import ValidationFailed
 from shared.ids import new_id
 from shared.queue import Event
@@ -43,7 +43,7 @@ def check_send(body: Any, project_id: str, find_definition: FindDefinition) -> E
         "email": email,
         "contactId": contact_id,
         "properties": properties,
-        "createdAt": iso_ms(utcnow()),
+        "createdAt": now_iso_ms(),
     }
 
 

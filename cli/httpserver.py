@@ -10,15 +10,26 @@ So the fast parser stays, and what it is fed is bounded here, as early as it can
   431, as soon as the bytes received while the head is incomplete pass the limit (the
   parser holds at most one read, 256 KB, past it).
 
-Refusals answer in the contract's envelope and close the connection. The only module that
-knows uvicorn's protocol internals.
+Refusals answer in the contract's envelope and close the connection.
+
+And each response whose length is known goes out in one write: uvicorn writes the status line
+and headers, then the body, in two `transport.write` calls (two `send` system calls; a
+quarter of the send path's samples sat in those two lines). `OneWrite` holds the head back
+until the body's first bytes and writes them together.
+
+The only module that knows uvicorn's protocol internals (uvicorn is capped in pyproject.toml
+for it, and tests/unit/test_httpserver.py fails when they change).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from shared import jsonio
 
@@ -78,6 +89,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             raise self._refusal
         super().on_headers_complete()
 
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        cycle.transport = OneWrite(self.transport, cycle)  # type: ignore[assignment]
+        super()._start_asgi_task(cycle, app)
+
     def on_message_complete(self) -> None:
         self._in_head, self._head_bytes = True, 0
         super().on_message_complete()
@@ -107,3 +122,53 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
 def _head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
     return len(url) + sum(len(name) + len(value) + 4 for name, value in headers)
+
+
+class OneWrite:
+    """The transport as one response's cycle sees it: the head of a response with a
+    Content-Length and a body is held back and written with the body's first bytes.
+
+    Every other write passes straight through: `100 Continue` (written before the response
+    starts), chunked responses (a stream's head must not wait for its first event), HEAD
+    responses and empty bodies (no body write follows)."""
+
+    __slots__ = ("_cycle", "_head", "_past_head", "_transport")
+
+    def __init__(self, transport: Any, cycle: RequestResponseCycle) -> None:
+        self._transport = transport
+        self._cycle = cycle
+        self._head: bytes | None = None
+        self._past_head = False
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.write(head + data)
+            return
+        if not self._past_head and self._cycle.response_started:
+            self._past_head = True  # the first write once the response started: its head
+            if self._body_follows():
+                self._head = data
+                return
+        self._transport.write(data)
+
+    def _body_follows(self) -> bool:
+        """Whether a body write is sure to follow the head: uvicorn sets these fields from the
+        response's headers just before it writes the head."""
+        cycle = self._cycle
+        return (
+            cycle.chunked_encoding is False
+            and cycle.expected_content_length > 0
+            and cycle.scope["method"] != "HEAD"
+        )
+
+    def close(self) -> None:
+        self._head = None  # a response cut short: nothing of it is worth sending now
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return bool(self._transport.is_closing())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime, timedelta, timezone
 
 _RFC3339 = re.compile(
@@ -20,6 +21,27 @@ def utcnow() -> datetime:
 def aware(moment: datetime) -> datetime:
     """SQLite returns naive datetimes; everything eventpipe stores is UTC."""
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# The current second and its `2026-05-08T13:45:00.` prefix, as one tuple: threads that race
+# on it read and write a consistent pair.
+_second: tuple[int, str] = (-1, "")
+
+
+def now_iso_ms() -> str:
+    """iso_ms(utcnow()) at a fifth of its cost: every send stamps its event with it, and the
+    date and time part changes once a second."""
+    global _second
+    second, millis = divmod(time.time_ns() // 1_000_000, 1000)
+    cached, prefix = _second
+    if cached != second:
+        t = time.gmtime(second)
+        prefix = (
+            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}"
+            f":{t.tm_sec:02d}."
+        )
+        _second = (second, prefix)
+    return f"{prefix}{millis:03d}Z"
 
 
 def iso_ms(moment: datetime) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
@@ -94,14 +93,29 @@ def test_the_linger_follows_the_arrival_rate_within_its_bounds() -> None:
     linger = Linger(target_events=32, min_seconds=0.001, max_seconds=0.005)
     assert linger.seconds() == 0.001  # nothing seen yet: a lone request waits the minimum
     for _ in range(20):  # about 1,000 events/s: 32 events would take 32 ms, so the maximum
-        time.sleep(0.002)
-        linger.observe(2)
+        linger.observe(5, spread=0.004, waited=0.005)
     assert linger.seconds() == 0.005
     for _ in range(20):  # about 100,000 events/s: 32 events arrive well within the minimum
-        time.sleep(0.001)
-        linger.observe(100)
-    assert linger.seconds() == 0.001
+        linger.observe(100, spread=0.001, waited=0.001)
+    assert linger.seconds() == pytest.approx(0.001, rel=0.01)
     for _ in range(20):  # about 10,000 events/s: 3.2 ms gathers 32
-        time.sleep(0.002)
-        linger.observe(20)
+        linger.observe(20, spread=0.0019, waited=0.002)
     assert 0.0015 < linger.seconds() < 0.0045
+
+
+def test_lone_events_keep_the_longest_linger() -> None:
+    """A trickle: each event waited the linger alone, so the rate is at most one a linger."""
+    linger = Linger(target_events=32, min_seconds=0.001, max_seconds=0.005)
+    for _ in range(20):
+        linger.observe(1, spread=0.0, waited=linger.seconds())
+    assert linger.seconds() == 0.005
+
+
+def test_a_burst_after_a_quiet_wait_is_measured_by_its_own_spread() -> None:
+    """A closed loop: 32 producers send together right after their answers, then wait for
+    the next. The time between groups (the linger itself, plus the round trip) is not
+    arrival time: the group's own spread (0.5 ms for 31 arrivals) gives the rate."""
+    linger = Linger(target_events=32, min_seconds=0.001, max_seconds=0.005)
+    for _ in range(20):
+        linger.observe(32, spread=0.0005, waited=linger.seconds())
+    assert linger.seconds() == pytest.approx(0.001, rel=0.01)

@@ -8,9 +8,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
+from starlette.datastructures import Headers
 from starlette.requests import Request
 
-from api.http import check_declared_size, parse_json, read_body
+from api.http import SendHeaders, check_declared_size, parse_json, read_body
 from shared.errors import EventpipeError
 from shared.jsonio import MAX_DEPTH
 from tests.hostile import BODY, gzip_cut_before_trailer, gzip_empty_blocks
@@ -137,3 +138,12 @@ def test_parse_json_holds_the_nesting_limit_and_the_nul_rule() -> None:
         with pytest.raises(EventpipeError) as caught:
             parse_json(body)
         assert caught.value.status == 400
+
+
+def test_send_headers_answer_as_starlettes_headers_do() -> None:
+    raw = [(b"content-length", b"12"), (b"x-dup", b"first"), (b"x-dup", b"second")]
+    ours, theirs = SendHeaders({"headers": list(raw)}), Headers(raw=list(raw))
+    for name in ("content-length", "Content-Length", "x-dup", "prefer", "X-Absent"):
+        assert ours.get(name) == theirs.get(name)
+        assert ours.get(name, "d") == theirs.get(name, "d")
+    assert ours.getlist("x-dup") == ["first", "second"] and ours["x-dup"] == "first"

@@ -19,7 +19,7 @@ from api.console.views import ROUTES as CONSOLE_ROUTES
 from api.http import SendRequest, render_error, render_http_error, render_unexpected
 from api.observe import SEND_PATH, observed, record_request
 from api.routes import admin, batch, contacts, definitions, docs, health, send
-from api.state import Clients, close_resources, open_resources
+from api.state import RESOURCES, Clients, Resources, close_resources, open_resources
 from shared.errors import EventpipeError
 from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
@@ -62,11 +62,13 @@ class EventpipeApp(Starlette):
         self.settings = settings
         self.clients = clients
         self.json_logs = settings.log_format == "json"
+        self.resources: Resources | None = None  # set by the lifespan
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == SEND_PATH and scope["method"] == "POST":
             started = time.perf_counter()
             scope["app"] = self
+            scope[RESOURCES] = self.resources
             request = SendRequest(scope, receive)
             response = await _answer(request)
             await response(scope, receive, send)
@@ -103,7 +105,7 @@ def create_app(
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     assert isinstance(app, EventpipeApp)
     found = await open_resources(app.settings, app.clients)
-    app.state.resources = found
+    app.state.resources = app.resources = found
     _tune_gc()
     try:
         yield

@@ -85,7 +85,9 @@ def make_client(
     app = create_app(
         replace(settings, **overrides) if overrides else settings,
         redis_client=fakeredis.FakeRedis(server=fake_server),
-        async_redis=fakeredis.FakeAsyncRedis(server=fake_server),
+        # RESP2, as shared/queue/connect.py pins every real client: the group write reads
+        # its replies in RESP2 shapes and refuses another protocol.
+        async_redis=fakeredis.FakeAsyncRedis(server=fake_server, protocol=2),
     )
     return TestClient(app)
 

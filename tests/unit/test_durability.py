@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, cast
 
 import fakeredis
+import hiredis
 import pytest
 import redis
 from redis.asyncio.client import Pipeline
@@ -42,17 +43,18 @@ class ScriptedConnection:
         self, waitaof: Any = OK_REPLY, fail_at: int | None = None, protocol: int = 2
     ) -> None:
         self.waitaof, self.fail_at, self.protocol = waitaof, fail_at, protocol
-        self.sent: list[list[tuple[Any, ...]]] = []
+        self.sent: list[list[tuple[str, ...]]] = []
         self.replies: list[Any] = []
         self.disconnected = False
 
-    def pack_commands(self, commands: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        return list(commands)
-
-    async def send_packed_command(self, packed: list[tuple[Any, ...]]) -> None:
+    async def send_packed_command(self, data: bytes) -> None:
+        packed = unpack(data)
         self.sent.append(packed)
-        queued = len(packed) - 3
-        self.replies = [b"OK", *[b"QUEUED"] * queued, [1] * queued, self.waitaof]
+        confirmed = packed[-1] != ("EXEC",)  # WAITAOF or WAIT after EXEC
+        queued = len(packed) - 2 - confirmed
+        self.replies = [b"OK", *[b"QUEUED"] * queued, [1] * queued]
+        if confirmed:
+            self.replies.append(self.waitaof)
         if self.fail_at is not None:
             self.replies[self.fail_at] = redis.ResponseError("OOM command not allowed")
 
@@ -66,6 +68,17 @@ class ScriptedConnection:
 
     async def disconnect(self) -> None:
         self.disconnected = True
+
+
+def unpack(data: bytes) -> list[tuple[str, ...]]:
+    """The commands packed in `data` (RESP arrays), as text (the job's compressed payload
+    comes out garbled, which no test reads)."""
+    reader = hiredis.Reader(encoding="utf-8", errors="replace")
+    reader.feed(data)
+    commands = []
+    while (command := reader.gets()) is not False:
+        commands.append(tuple(command))
+    return commands
 
 
 class ScriptedPool:
@@ -99,6 +112,30 @@ def _fsync(writer: JobWriter, conn: ScriptedConnection) -> Callable[[], Any]:
     return functools.partial(enqueue_events_fsync, writer, client, [EVENT], timeout_ms=250)
 
 
+async def test_the_aof_write_is_multi_exec_in_one_write_on_one_connection(
+    writer: JobWriter,
+) -> None:
+    conn = ScriptedConnection()
+    client = ScriptedRedis(conn)
+    job_id = await enqueue_events_async(writer, cast(Any, client), [EVENT])
+    [packed] = conn.sent
+    assert packed[0] == ("MULTI",) and packed[-1] == ("EXEC",)
+    assert ("RPUSH", "rq:queue:eventpipe", job_id) in packed
+    assert ("HSET", "eventpipe:pending", EVENT["id"], job_id) in packed
+    assert conn.replies == [] and not conn.disconnected
+    assert client.connection_pool.released == client.connection_pool.taken == 1
+
+
+@pytest.mark.parametrize("fail_at", [0, 2, -1])  # MULTI, a queued command, EXEC itself
+async def test_an_aof_write_refused_is_a_503_and_drops_the_connection(
+    writer: JobWriter, fail_at: int
+) -> None:
+    conn = ScriptedConnection(fail_at=fail_at)
+    with pytest.raises(QueueUnavailable):
+        await enqueue_events_async(writer, cast(Any, ScriptedRedis(conn)), [EVENT])
+    assert conn.disconnected  # replies left unread must not reach the next user
+
+
 def test_the_durability_settings() -> None:
     assert Settings().redis_durability == "aof"
     assert load_settings({"REDIS_DURABILITY": "fsync"}).redis_durability == "fsync"
@@ -125,7 +162,7 @@ async def test_multi_exec_and_waitaof_go_in_one_write_on_one_connection(
     [packed] = conn.sent
     names = [command[0] for command in packed]
     assert names[0] == "MULTI" and names[-2:] == ["EXEC", "WAITAOF"]
-    assert packed[-1] == ("WAITAOF", 1, 0, 250)
+    assert packed[-1] == ("WAITAOF", "1", "0", "250")
     assert ("RPUSH", "rq:queue:eventpipe", job_id) in packed  # the job itself is inside
     # Every reply read, the connection back in the pool and still usable.
     assert conn.replies == [] and not conn.disconnected

@@ -142,7 +142,7 @@ async def test_multi_exec_and_wait_go_in_one_write_on_one_connection(writer: Job
     client = ScriptedRedis(conn)
     job_id = await enqueue_events_replicated(writer, cast(Any, client), [EVENT], timeout_ms=250)
     [packed] = conn.sent
-    assert packed[0] == ("MULTI",) and packed[-2:] == [("EXEC",), ("WAIT", 1, 250)]
+    assert packed[0] == ("MULTI",) and packed[-2:] == [("EXEC",), ("WAIT", "1", "250")]
     assert ("RPUSH", "rq:queue:eventpipe", job_id) in packed
     assert conn.replies == [] and not conn.disconnected
 

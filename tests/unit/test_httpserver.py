@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -238,3 +240,20 @@ async def test_100_continue_is_not_held_back() -> None:
     protocol.data_received(b"{}")
     await settle(transport, lambda: transport.written.endswith(b"\r\n\r\n{}"))
     assert len(transport.writes) == 2
+
+
+async def test_a_served_request_is_freed_without_the_garbage_collector() -> None:
+    """The held-head transport must not form a loop with its cycle: every request's objects
+    would then wait for the collector, whose pauses (30 ms at the send path's rate) set p99."""
+    protocol, transport = connect(sized(b'{"success":true}'))
+    gc.disable()
+    try:
+        protocol.data_received(b"POST /v1/events/send HTTP/1.1\r\nHost: x\r\n\r\n")
+        await settle(transport, lambda: len(transport.writes) == 1)
+        first = weakref.ref(protocol.cycle)
+        protocol.data_received(b"POST /v1/events/send HTTP/1.1\r\nHost: x\r\n\r\n")
+        await settle(transport, lambda: len(transport.writes) == 2)
+        await asyncio.sleep(0)  # the first request's task lets go of its cycle
+        assert first() is None
+    finally:
+        gc.enable()

@@ -80,6 +80,17 @@ def database_url(admin_engine: Engine) -> Iterator[str]:
 
 
 @pytest.fixture
+def empty_database(admin_engine: Engine) -> Iterator[str]:
+    """A fresh database with no schema at all."""
+    name = f"eventpipe_test_{new_id()}"
+    with admin_engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(DATABASE_URL).set(database=name).render_as_string(hide_password=False)
+    with admin_engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
     engine = create_engine(database_url)
     yield engine

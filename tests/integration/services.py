@@ -10,9 +10,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 
@@ -103,6 +107,108 @@ def wait_for_api(proc: Proc, port: int) -> str:
 
 def start_worker(env: dict[str, str], *args: str) -> Proc:
     return Proc(eventpipe("worker", *args), env, "worker")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One request of a Load, timed."""
+
+    started: float  # time.monotonic() when the request was sent
+    at: float  # when its answer (or the error) came
+    status: int  # 0: no HTTP answer (a connection error or a timeout)
+    ids: list[str]  # the events it got accepted (those of a 202)
+    text: str = ""  # the body of an answer other than 202
+
+
+# One request of a Load: its answer, and the ids of the events a 202 accepted.
+Request = Callable[[httpx.Client], tuple[httpx.Response, list[str]]]
+
+
+def send_event(body: Mapping[str, Any]) -> Request:
+    """POST /v1/events/send with `body`; a 202's event id."""
+
+    def request(http: httpx.Client) -> tuple[httpx.Response, list[str]]:
+        r = http.post("/v1/events/send", json=body)
+        return r, [r.json()["data"]["id"]] if r.status_code == 202 else []
+
+    return request
+
+
+def never(status: int) -> bool:
+    return False
+
+
+class Load:
+    """Threads sending until stopped, one per item of `requests` (each its own client of
+    `base` with `headers` and `timeout`); every answer kept, timed, in `answers`.
+
+    A thread waits 0.05 s before its next request when `pause_after(status)` (status 0: no
+    HTTP answer). Started by `with`; stopped at its end (or by stop()), each thread then
+    joined for up to `join_timeout` s."""
+
+    def __init__(
+        self,
+        base: str,
+        headers: Mapping[str, str],
+        requests: Sequence[Request],
+        *,
+        timeout: float = 10.0,
+        pause_after: Callable[[int], bool] = never,
+        daemon: bool = False,
+        join_timeout: float = 30.0,
+    ) -> None:
+        self.base, self.headers, self.timeout = base, dict(headers), timeout
+        self.pause_after = pause_after
+        self.join_timeout = join_timeout
+        self.answers: list[Answer] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(request,), daemon=daemon)
+            for request in requests
+        ]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.join_timeout)
+
+    def accepted(self, since: float = 0.0) -> int:
+        """How many events were accepted, in answers that came at or after `since`."""
+        with self._lock:
+            return sum(len(a.ids) for a in self.answers if a.status == 202 and a.at >= since)
+
+    def accepted_ids(self) -> list[str]:
+        with self._lock:
+            return [i for a in self.answers if a.status == 202 for i in a.ids]
+
+    def statuses(self) -> Counter[int]:
+        """How many answers of each status so far (0: no HTTP answer)."""
+        with self._lock:
+            return Counter(a.status for a in self.answers)
+
+    def _run(self, request: Request) -> None:
+        with httpx.Client(base_url=self.base, headers=self.headers, timeout=self.timeout) as h:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    r, ids = request(h)
+                    status, text = r.status_code, "" if r.status_code == 202 else r.text
+                except httpx.HTTPError:
+                    status, ids, text = 0, [], ""
+                answer = Answer(started, time.monotonic(), status, ids, text)
+                with self._lock:
+                    self.answers.append(answer)
+                if self.pause_after(status):
+                    time.sleep(0.05)
 
 
 class RedisServer:

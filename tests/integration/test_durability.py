@@ -7,7 +7,6 @@ AOF on, on a free port, its data in a temp dir; killing it leaves the machine's 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,10 +23,12 @@ from shared.models import events
 from shared.queue import PENDING_KEY
 from tests.integration.conftest import REQUIRED, service_env
 from tests.integration.services import (
+    Load,
     Proc,
     RedisServer,
     eventpipe,
     run_cli,
+    send_event,
     start_api,
     start_worker,
     valkey_server,
@@ -56,51 +57,6 @@ def valkey() -> Iterator[RedisServer]:
     server = RedisServer(_valkey_binary(), AOF_ON)
     yield server
     server.close()
-
-
-class Load:
-    """Threads sending SEED in a loop; the ids of the events answered 202, in a set."""
-
-    def __init__(self, base: str, key: str) -> None:
-        self.base, self.key = base, key
-        self.accepted: set[str] = set()
-        self.refused = 0  # 503s and connection errors: not acknowledged
-        self.unexpected: list[str] = []  # any other answer (asserted empty by the test)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._send) for _ in range(LOAD_THREADS)]
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.accepted)
-
-    def _send(self) -> None:
-        with httpx.Client(base_url=self.base, headers=auth(self.key), timeout=10) as http:
-            while not self._stop.is_set():
-                self._one(http)
-
-    def _one(self, http: httpx.Client) -> None:
-        try:
-            answer = http.post("/v1/events/send", json=SEED)
-        except httpx.HTTPError:
-            answer = None
-        with self._lock:
-            if answer is not None and answer.status_code == 202:
-                self.accepted.add(answer.json()["data"]["id"])
-            elif answer is None or answer.status_code == 503:
-                self.refused += 1
-            else:
-                self.unexpected.append(f"{answer.status_code} {answer.text}")
 
 
 def _stored_counts(engine: Engine, ids: set[str]) -> dict[str, int]:
@@ -143,18 +99,21 @@ def test_every_event_acknowledged_before_a_redis_kill_is_stored_once(
 ) -> None:
     env = service_env(database_url, valkey.url, REDIS_DURABILITY=durability)
     base, key = _prepare(env, procs_cleanup)
-    with Load(base, key) as load:
-        wait_until(lambda: load.count() >= ACCEPTED_BEFORE_KILL, 20, "sends to be accepted")
+    # Threads sending SEED in a loop, with no pause.
+    with Load(base, auth(key), [send_event(SEED)] * LOAD_THREADS) as load:
+        wait_until(lambda: load.accepted() >= ACCEPTED_BEFORE_KILL, 20, "sends to be accepted")
         valkey.stop()  # SIGKILL, with requests in flight
-        acknowledged = load.count()
+        acknowledged = load.accepted()
         time.sleep(0.5)
         valkey.start()  # same port, same dir: it reloads its AOF
         # Sending recovers without restarting the API; every 202, before or after, counts.
-        wait_until(lambda: load.count() >= acknowledged + 100, 20, "sends after the restart")
-    accepted = load.accepted
-    assert load.unexpected == []
+        wait_until(lambda: load.accepted() >= acknowledged + 100, 20, "sends after the restart")
+    accepted = set(load.accepted_ids())
+    # 503s and connection errors (status 0) are not acknowledged; any other answer is wrong.
+    assert [f"{a.status} {a.text}" for a in load.answers if a.status not in (0, 202, 503)] == []
+    statuses = load.statuses()
     print(f"{durability}: {acknowledged} acknowledged before the kill, {len(accepted)} in all,")
-    print(f"  {load.refused} refused (503 or connection error)")
+    print(f"  {statuses[503] + statuses[0]} refused (503 or connection error)")
 
     procs_cleanup.append(start_worker(env))
     queue = redis.Redis.from_url(valkey.url)

@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,11 +34,14 @@ from shared.queue import PENDING_KEY, connect_redis
 from shared.settings import Settings
 from tests.integration.conftest import service_env
 from tests.integration.services import (
+    Answer,
+    Load,
     Proc,
     RedisServer,
     free_port,
     port_open,
     run_cli,
+    send_event,
     start_api,
     start_worker,
     wait_until,
@@ -157,71 +159,28 @@ def _online(client: redis.Redis) -> int:
     )
 
 
-@dataclass
-class Answer:
-    started: float  # time.monotonic() when the request was sent
-    at: float  # when its answer (or the error) came
-    status: int  # 0: no HTTP answer (a connection error or a timeout)
-    ids: list[str]
+def _batch(http: httpx.Client) -> tuple[httpx.Response, list[str]]:
+    """POST /v1/events/batch of BATCH_SIZE events; the ids of a 202 (all accepted)."""
+    items = [{**SEED, "eventProperties": {"order_total": i}} for i in range(BATCH_SIZE)]
+    r = http.post("/v1/events/batch", json={"events": items})
+    if r.status_code != 202:
+        return r, []
+    receipts = r.json()["data"]["receipts"]
+    assert all(x["status"] == "accepted" for x in receipts), receipts
+    return r, [x["id"] for x in receipts]
 
 
-class Load:
-    """Threads sending single events and batches; every answer, timed."""
-
-    def __init__(self, base: str, key: str) -> None:
-        self.base, self.key = base, key
-        self.answers: list[Answer] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(self._send,)) for _ in range(SEND_THREADS)
-        ]
-        self._threads += [
-            threading.Thread(target=self._run, args=(self._batch,)) for _ in range(BATCH_THREADS)
-        ]
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-
-    def accepted(self, since: float = 0.0) -> int:
-        with self._lock:
-            return sum(len(a.ids) for a in self.answers if a.status == 202 and a.at >= since)
-
-    def _run(self, one: Any) -> None:
-        with httpx.Client(base_url=self.base, headers=auth(self.key), timeout=ANSWER_SECONDS) as h:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                try:
-                    status, ids = one(h)
-                except httpx.HTTPError:
-                    status, ids = 0, []
-                now = time.monotonic()
-                with self._lock:
-                    self.answers.append(Answer(started, now, status, ids))
-                if status == 503:
-                    time.sleep(0.05)  # as a client honouring Retry-After would, only sooner
-
-    @staticmethod
-    def _send(http: httpx.Client) -> tuple[int, list[str]]:
-        r = http.post("/v1/events/send", json=SEED)
-        return r.status_code, [r.json()["data"]["id"]] if r.status_code == 202 else []
-
-    @staticmethod
-    def _batch(http: httpx.Client) -> tuple[int, list[str]]:
-        items = [{**SEED, "eventProperties": {"order_total": i}} for i in range(BATCH_SIZE)]
-        r = http.post("/v1/events/batch", json={"events": items})
-        if r.status_code != 202:
-            return r.status_code, []
-        receipts = r.json()["data"]["receipts"]
-        assert all(x["status"] == "accepted" for x in receipts), receipts
-        return 202, [x["id"] for x in receipts]
+def _load(base: str, key: str) -> Load:
+    """Threads sending single events and batches; every answer, timed. A thread pauses after
+    a 503, as a client honouring Retry-After would, only sooner."""
+    requests = [send_event(SEED)] * SEND_THREADS + [_batch] * BATCH_THREADS
+    return Load(
+        base,
+        auth(key),
+        requests,
+        timeout=ANSWER_SECONDS,
+        pause_after=lambda status: status == 503,
+    )
 
 
 class Promotion:
@@ -288,7 +247,7 @@ def test_a_primary_lost_under_load_loses_nothing_and_nothing_restarts(
     procs_cleanup.append(worker)
     promotion = Promotion(group.sentinels.ports)
     try:
-        with Load(base, key) as load:
+        with _load(base, key) as load:
             wait_until(lambda: load.accepted() >= 500, 30, "sends before the kill")
             killed_at = time.monotonic()
             if fault == "kill":

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,10 +22,12 @@ from shared.queue import PENDING_KEY, make_queue
 from shared.settings import Settings
 from tests.integration.conftest import REDIS_URL, service_env
 from tests.integration.services import (
+    Load,
     PostgresCluster,
     Proc,
     RedisServer,
     run_cli,
+    send_event,
     start_api,
     start_worker,
     wait_until,
@@ -57,41 +58,17 @@ def _count(engine: Engine, table: Any) -> int:
         return int(conn.execute(select(func.count()).select_from(table)).scalar() or 0)
 
 
-class Load:
-    """Threads sending the seed event until stopped; keeps the ids answered 202."""
-
-    def __init__(self, base: str, key: str, threads: int = 4) -> None:
-        self.accepted: list[str] = []
-        self.statuses: dict[int, int] = {}
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._run, args=(base, key), daemon=True)
-            for _ in range(threads)
-        ]
-        for t in self._threads:
-            t.start()
-
-    def _run(self, base: str, key: str) -> None:
-        with httpx.Client(base_url=base, headers=auth(key), timeout=10) as http:
-            while not self._stop.is_set():
-                try:
-                    r = http.post("/v1/events/send", json=SEED)
-                except httpx.HTTPError:
-                    time.sleep(0.05)
-                    continue
-                with self._lock:
-                    self.statuses[r.status_code] = self.statuses.get(r.status_code, 0) + 1
-                    if r.status_code == 202:
-                        self.accepted.append(r.json()["data"]["id"])
-                if r.status_code != 202:
-                    time.sleep(0.05)
-
-    def stop(self) -> list[str]:
-        self._stop.set()
-        for t in self._threads:
-            t.join(15)
-        return list(self.accepted)
+def _load(base: str, key: str, threads: int) -> Load:
+    """Threads sending the seed event until stopped (daemons), pausing after any answer but
+    202 and after a request with no answer."""
+    return Load(
+        base,
+        auth(key),
+        [send_event(SEED)] * threads,
+        pause_after=lambda status: status != 202,
+        daemon=True,
+        join_timeout=15,
+    )
 
 
 # --- Prefer: wait ------------------------------------------------------------------------
@@ -196,14 +173,14 @@ def test_a_60_second_store_outage_under_load_loses_and_doubles_nothing(
     key = _project(env, base)
     for _ in range(2):
         procs_cleanup.append(start_worker(env))
-    load = Load(base, key, threads=3)
-    time.sleep(3)
-    pg_cluster.stop()
-    time.sleep(60)
-    during = len(load.accepted)
-    pg_cluster.start()
-    time.sleep(3)
-    accepted = load.stop()
+    with _load(base, key, threads=3) as load:
+        time.sleep(3)
+        pg_cluster.stop()
+        time.sleep(60)
+        during = load.accepted()
+        pg_cluster.start()
+        time.sleep(3)
+    accepted = load.accepted_ids()
     assert during > 0 and len(accepted) > during  # the API kept accepting throughout
     engine = create_engine(pg_cluster.url)
     try:
@@ -272,9 +249,9 @@ def test_a_backlog_over_its_limit_refuses_before_redis_would(
         api, base = start_api(env)
         procs_cleanup.append(api)
         key = _project(env, base)
-        load = Load(base, key, threads=6)
-        wait_until(lambda: load.statuses.get(503, 0) >= 50, 60, "the backlog limit")
-        accepted = load.stop()
+        with _load(base, key, threads=6) as load:
+            wait_until(lambda: load.statuses()[503] >= 50, 60, "the backlog limit")
+        accepted = load.accepted_ids()
         client = redis.Redis.from_url(server.url)
         errors: dict[str, Any] = client.info("errorstats")
         assert not any("OOM" in name for name in errors), errors

@@ -4,7 +4,6 @@ rebuilding one that an interrupted build left invalid."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -16,22 +15,9 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 from cli import migrate
-from shared.ids import new_id
 from shared.models import metadata
-from tests.integration.conftest import DATABASE_URL
 
 INDEX = "ix_events_project_contact_name_seq"
-
-
-@pytest.fixture
-def empty_database(admin_engine: Engine) -> Iterator[str]:
-    """A fresh database with no schema at all."""
-    name = f"eventpipe_test_{new_id()}"
-    with admin_engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(DATABASE_URL).set(database=name).render_as_string(hide_password=False)
-    with admin_engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def query(url: str, sql: str, **params: Any) -> list[Any]:

@@ -9,7 +9,6 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, func, insert, select, text
-from sqlalchemy.engine import make_url
 
 from api.store import create_project, stored_event_query, upsert_contact
 from cli import migrate
@@ -39,9 +37,16 @@ from shared.partitions import (
 )
 from shared.queue import PENDING_KEY, JobWriter, enqueue_events, make_queue
 from shared.settings import Settings
-from tests.integration.conftest import DATABASE_URL, REDIS_URL, service_env
+from tests.integration.conftest import REDIS_URL, service_env
 from tests.integration.services import Proc, run_cli, start_api, start_worker, wait_until
-from tests.integration.test_pipeline import SEED, SEED_DEFINITION, auth, count, new_project
+from tests.integration.test_pipeline import (
+    SEED,
+    SEED_DEFINITION,
+    _event,
+    auth,
+    count,
+    new_project,
+)
 
 
 def partitions(engine: Engine) -> list[Partition]:
@@ -75,20 +80,6 @@ def test_a_new_install_is_partitioned_by_month_with_the_coming_months_made(
     assert run_cli(env, "db", "maintain").strip() == "partitions: up to date"
 
 
-def _event(
-    project_id: str, created_at: datetime, email: str = "jane@example.com"
-) -> dict[str, Any]:
-    return {
-        "id": new_id(),
-        "projectId": project_id,
-        "eventName": "order_completed",
-        "email": email,
-        "contactId": None,
-        "properties": {"order_total": 1},
-        "createdAt": iso_ms(created_at),
-    }
-
-
 def _seed(engine: Engine) -> str:
     with transaction(engine) as conn:
         project_id, _ = create_project("partitions", conn=conn)
@@ -107,10 +98,11 @@ def test_a_worker_makes_a_missing_partition_and_fails_only_what_retention_droppe
 ) -> None:
     project_id = _seed(engine)
     queue = _queue(env, redis_client)
-    ahead = _event(project_id, month(9) + timedelta(days=3))  # past the months made ahead
-    behind = _event(project_id, month(-2) + timedelta(hours=5))  # kept, never made
-    expired = _event(project_id, month(-30))  # older than EVENTS_RETENTION
-    now = _event(project_id, utcnow())
+    # Past the months made ahead.
+    ahead = _event(project_id, created_at=month(9) + timedelta(days=3))
+    behind = _event(project_id, created_at=month(-2) + timedelta(hours=5))  # kept, never made
+    expired = _event(project_id, created_at=month(-30))  # older than EVENTS_RETENTION
+    now = _event(project_id, created_at=utcnow())
     enqueue_events(JobWriter(queue), queue.connection, [now, ahead, behind, expired])
     worker = start_worker(dict(env, EVENTS_RETENTION="13mo"), "--burst")
     assert worker.proc.wait(60) == 0, worker.output()
@@ -132,7 +124,7 @@ def test_an_event_is_stored_once_however_often_it_runs_replays_included(
         project_id, _ = create_project("once", conn=conn)
     queue = _queue(env, redis_client)
     # Last month's, so the insert goes to a partition made for it on the way.
-    event = _event(project_id, month(-1) + timedelta(days=2))
+    event = _event(project_id, created_at=month(-1) + timedelta(days=2))
     enqueue_events(JobWriter(queue), queue.connection, [event])
     assert start_worker(env, "--burst").proc.wait(60) == 0
     assert count(engine, failed_events) == 1  # no contact yet
@@ -335,7 +327,7 @@ def test_get_event_reads_one_partition_by_the_time_its_id_carries(engine: Engine
 
 
 def test_autogenerate_sees_no_difference_and_never_the_partitions(
-    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    database_url: str, checkout: Path
 ) -> None:
     engine = create_engine(database_url)
     with engine.connect() as conn:
@@ -350,13 +342,7 @@ def test_autogenerate_sees_no_difference_and_never_the_partitions(
     assert dropped == {p.name for p in partitions_of(database_url)}, bare
     assert filtered == []
 
-    import shutil
-
-    scripts = tmp_path / "cli" / "migrations"
-    shutil.copytree(migrate.SCRIPTS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / "pyproject.toml").write_text("")
-    monkeypatch.setattr(migrate, "SCRIPTS", scripts)
-    monkeypatch.setattr(migrate, "SOURCE_TREE", tmp_path / "pyproject.toml")
+    # Written into `checkout`'s copy of the scripts.
     written = migrate.revision(database_url, "nothing new").read_text()
     assert "drop_table" not in written and "events_p" not in written, written
     assert "uq_events_seq" not in written, written  # SQLite's alone
@@ -463,14 +449,3 @@ def _fill_legacy(engine: Engine, project_id: str) -> str:
         )
         conn.execute(text("ANALYZE events"))
     return str(contact_id)
-
-
-@pytest.fixture
-def empty_database(admin_engine: Engine) -> Iterator[str]:
-    """A fresh database with no schema at all."""
-    name = f"eventpipe_test_{new_id()}"
-    with admin_engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(DATABASE_URL).set(database=name).render_as_string(hide_password=False)
-    with admin_engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

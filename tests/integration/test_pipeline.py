@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 import httpx2 as httpx
@@ -73,7 +74,10 @@ def test_seed_request_is_stored_with_coerced_properties_and_resolved_contact(
     assert row.seq is not None
 
 
-def _event(project_id: str, email: str) -> dict[str, Any]:
+def _event(
+    project_id: str, email: str = "jane@example.com", *, created_at: datetime | None = None
+) -> dict[str, Any]:
+    """An event as the API enqueues it, created now unless `created_at` says when."""
     return {
         "id": new_id(),
         "projectId": project_id,
@@ -81,7 +85,7 @@ def _event(project_id: str, email: str) -> dict[str, Any]:
         "email": email,
         "contactId": None,
         "properties": {"order_total": 1},
-        "createdAt": iso_ms(utcnow()),
+        "createdAt": iso_ms(created_at or utcnow()),
     }
 
 

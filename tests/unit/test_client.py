@@ -349,6 +349,8 @@ sys.exit(os.waitstatus_to_exitcode(status))
 def test_a_fork_just_after_the_first_send_leaves_a_child_that_can_send(tmp_path: Path) -> None:
     """A fresh interpreter each time: the hang came from a fork during httpx2's first, lazy
     import of its transport, which only a new process has (one run in three hung)."""
+    import os
+    import signal
     import socket
     import subprocess
     import sys
@@ -360,5 +362,17 @@ def test_a_fork_just_after_the_first_send_leaves_a_child_that_can_send(tmp_path:
     script.write_text(FORK_AT_ONCE)
     for pause in ("0.002", "0.005", "0.01", "0.02", "0.04"):
         argv = [sys.executable, str(script), base, pause]
-        done = subprocess.run(argv, timeout=30, capture_output=True)
-        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        # Its own session: on a timeout the whole group goes, the forked child with it.
+        with subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        ) as proc:
+            try:
+                _, stderr = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass  # all gone already
+                proc.wait()
+                raise
+        assert proc.returncode == 0, stderr.decode()[-2000:]

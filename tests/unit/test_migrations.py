@@ -3,7 +3,6 @@ declares; `eventpipe db revision` writes the next one, lint-clean, from a checko
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -57,17 +56,6 @@ def test_the_migrated_schema_is_the_models_and_a_second_upgrade_is_a_no_op(
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
     engine.dispose()
-
-
-@pytest.fixture
-def checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the migration scripts, standing for a checkout's, for revision to write in."""
-    scripts = tmp_path / "cli" / "migrations"
-    shutil.copytree(migrate.SCRIPTS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / "pyproject.toml").write_text("")
-    monkeypatch.setattr(migrate, "SCRIPTS", scripts)
-    monkeypatch.setattr(migrate, "SOURCE_TREE", tmp_path / "pyproject.toml")
-    return scripts
 
 
 def test_db_revision_autogenerates_the_next_migration_lint_clean(

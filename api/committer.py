@@ -82,7 +82,7 @@ class GroupCommitter:
     async def submit(self, event: Event, size: int, records: Sequence[Record] = ()) -> None:
         """Return once `event` is in Redis; raise (QueueUnavailable) if its group failed.
 
-        `records` (an idempotency key's answer) are written in the same MULTI/EXEC as the
+        `records` (an idempotency key's answer) are written in the same atomic write as the
         event's job: both are in Redis, or neither."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         now = time.monotonic()

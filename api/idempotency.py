@@ -4,7 +4,7 @@ A key lives in Redis as one string, `eventpipe:idem:{project id}:{digest of the 
 
 - claimed: written by the first request that uses the key, only if nothing holds it (one Lua
   call that also answers what holds it), for `IDEMPOTENCY_CLAIM_SECONDS`;
-- answered: overwritten with the answer in the same MULTI/EXEC that puts the event on the
+- answered: overwritten with the answer in the same atomic write that puts the event on the
   queue (GroupCommitter records), for `IDEMPOTENCY_TTL_SECONDS`.
 
 So a key never points to an event that is not in Redis, and one key never queues two events:

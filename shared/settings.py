@@ -82,7 +82,7 @@ class Settings:
     # unless the operator vouches for noeviction here.
     redis_assume_noeviction: bool = False
     # When an accepted event is answered 202 (README, "Guarantees"): "aof" once its group's
-    # MULTI/EXEC is applied (in the AOF through write(2): it survives a crash of Redis, not
+    # write is applied (in the AOF through write(2): it survives a crash of Redis, not
     # of the machine); "fsync" only once WAITAOF confirms the group fsynced to the AOF;
     # "replicated" only once WAIT counts a replica that has it (it survives losing the
     # primary's machine, with Sentinel promoting that replica).

@@ -1,7 +1,7 @@
 """POST /v1/events/batch: up to 500 events in one request, and a receipt for each.
 
 Every item is checked on its own with the send path's rules and messages; the accepted ones
-go to Redis as one job, in one MULTI/EXEC with their keys' answers, before the answer.
+go to Redis as one job, in one atomic write with their keys' answers, before the answer.
 Item keys (`idempotencyKey`) and `Idempotency-Key` headers share one namespace per project:
 a repeat with the same body is a `duplicate` receipt carrying the first event's id; with
 another body the item is `rejected` (IDEMPOTENCY_KEY_MISMATCH). Within one batch the first
@@ -11,7 +11,7 @@ Redis round trip.
 A request-level `Idempotency-Key` header names the whole batch (its own namespace): a retry
 with the same body answers the first batch's receipts again, its accepted items now
 `duplicate` with the same ids, and queues nothing. It is claimed before the items and its
-receipts are written in the MULTI/EXEC of the batch's job, so one key costs one Redis string
+receipts are written in the atomic write of the batch's job, so one key costs one Redis string
 per batch, not one per event.
 """
 

@@ -143,7 +143,7 @@ async def enqueue(
     guard: Guard | None = None,
 ) -> None:
     """Put `count` accepted events in Redis through `write`, with their keys' answers in the
-    same MULTI/EXEC; past the backlog limit or the project's share of it (`guard`), or if
+    same atomic write; past the backlog limit or the project's share of it (`guard`), or if
     the write fails for any reason (a cancelled request included), free the keys and raise.
     A key the write did answer is not freed: the release frees only a key still holding
     this request's claim."""

@@ -8,7 +8,7 @@ redis-py internal (tests/unit/test_queue_boundary.py checks it). What it owns:
   its key names;
 - keys.py: eventpipe's own keys and RQ's, as RQ derives them;
 - payload.py: the job payload, `{"v": 3, "kind": ..., "events": [...]}` (version 2 read);
-- enqueue.py: the job hash written directly, the group write (MULTI/EXEC), and the fsync and
+- enqueue.py: the job hash written directly, the group write (one script), and the fsync and
   replicated writes with their raw reply parsing;
 - replicas.py: the start-up checks of REDIS_DURABILITY (a replica online for replicated);
 - guard.py: only eventpipe's jobs run (anything else in the queue failed unrun);

@@ -47,7 +47,7 @@ def _rate_key(minute: int) -> str:
 
 
 def count_rate(pipe: Any, kind: str, n: int, now: float | None = None) -> None:
-    """On `pipe` (a MULTI/EXEC already on its way): `n` events of `kind` in this bucket."""
+    """On `pipe` (an atomic write on its way): `n` events of `kind` in this bucket."""
     if n <= 0:
         return
     second = int(time.time() if now is None else now)

@@ -11,7 +11,7 @@ from rq import Queue
 # event in the store.
 PENDING_KEY = "eventpipe:pending"
 # Fair shares: project id -> its events with a pending mark (a sorted set, so the API's
-# backlog poll reads only the projects near their share), written in the MULTI/EXEC of the
+# backlog poll reads only the projects near their share), written in the atomic write of the
 # job and dropped by the script that drops the marks (shares.py).
 PROJECT_QUEUED_KEY = "eventpipe:queued-by-project"
 # + project id: a rate-limited project's shared token bucket (a hash: tokens, at).

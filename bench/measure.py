@@ -3,6 +3,7 @@ bytes per queued event, (d) the drain rate of a 100k backlog."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -19,7 +20,7 @@ ACCEPT_SECONDS = 10
 WARMUP_SECONDS = 2
 # As many as the closed-loop run: paced, more connections add no load, but too few cap the
 # rate at connections / latency once latency grows.
-STEP_CONNECTIONS = 64
+STEP_CONNECTIONS = int(os.environ.get("BENCH_STEP_CONNECTIONS", "64"))
 STEP_SECONDS = 8
 RATES: dict[System, tuple[int, ...]] = {
     "eventpipe": (1000, 2000, 4000, 6000, 8000, 10000, 12000),

@@ -8,7 +8,8 @@ nothing.
 
 Needs wrk, PostgreSQL at BENCH_DATABASE_URL (default
 postgresql+psycopg://postgres@127.0.0.1:5432/test; a database of its own is created and
-dropped) and Redis at BENCH_REDIS_URL (default redis://127.0.0.1:6379/14, flushed). Takes
+dropped) and Redis at BENCH_REDIS_URL (default redis://127.0.0.1:6379/14, flushed);
+BENCH_STEP_CONNECTIONS (default 64) is wrk's connections in the paced steps of (b). Takes
 six to nine minutes. Prints the table and writes var/bench/bench.json and var/bench/bench.png;
 the children's logs are under var/bench/logs/.
 

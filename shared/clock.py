@@ -35,11 +35,7 @@ def now_iso_ms() -> str:
     second, millis = divmod(time.time_ns() // 1_000_000, 1000)
     cached, prefix = _second
     if cached != second:
-        t = time.gmtime(second)
-        prefix = (
-            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}"
-            f":{t.tm_sec:02d}."
-        )
+        prefix = _to_the_second(*time.gmtime(second)[:6])
         _second = (second, prefix)
     return f"{prefix}{millis:03d}Z"
 
@@ -47,10 +43,13 @@ def now_iso_ms() -> str:
 def iso_ms(moment: datetime) -> str:
     """`2026-05-08T13:45:00.000Z`. Formatted by hand: strftime costs 5x more, on every send."""
     m = aware(moment).astimezone(UTC)
-    return (
-        f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"
-        f".{m.microsecond // 1000:03d}Z"
-    )
+    prefix = _to_the_second(m.year, m.month, m.day, m.hour, m.minute, m.second)
+    return f"{prefix}{m.microsecond // 1000:03d}Z"
+
+
+def _to_the_second(year: int, month: int, day: int, hour: int, minute: int, second: int) -> str:
+    """`2026-05-08T13:45:00.`: what iso_ms and now_iso_ms write before the milliseconds."""
+    return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}."
 
 
 def parse_iso_ms(text: str) -> datetime:
